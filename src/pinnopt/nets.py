@@ -1,0 +1,159 @@
+"""Multilayer perceptrons as plain pytrees, and their activations.
+
+A network is described by an :class:`MLP` (static: layer sizes and activation) and its
+parameters, a list of ``{"W": (out, in), "b": (out,)}`` dictionaries, one per linear layer.
+Keeping parameters as a bare pytree lets every optimiser (optax, Gauss–Newton, KFAC) treat
+them uniformly, and lets KFAC address one layer's ``[W, b]`` block directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = list[dict[str, jax.Array]]
+
+
+class Activation(NamedTuple):
+    """An elementwise nonlinearity with its first two derivatives (all ``z -> same shape``)."""
+
+    f: Callable[[jax.Array], jax.Array]
+    df: Callable[[jax.Array], jax.Array]
+    d2f: Callable[[jax.Array], jax.Array]
+
+
+def _tanh() -> Activation:
+    def df(z):
+        t = jnp.tanh(z)
+        return 1.0 - t * t
+
+    def d2f(z):
+        t = jnp.tanh(z)
+        return -2.0 * t * (1.0 - t * t)
+
+    return Activation(jnp.tanh, df, d2f)
+
+
+def _sin() -> Activation:
+    return Activation(jnp.sin, jnp.cos, lambda z: -jnp.sin(z))
+
+
+def _softplus() -> Activation:
+    def d2f(z):
+        s = jax.nn.sigmoid(z)
+        return s * (1.0 - s)
+
+    return Activation(jax.nn.softplus, jax.nn.sigmoid, d2f)
+
+
+def _silu() -> Activation:
+    def df(z):
+        s = jax.nn.sigmoid(z)
+        return s * (1.0 + z * (1.0 - s))
+
+    def d2f(z):
+        s = jax.nn.sigmoid(z)
+        return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+
+    return Activation(jax.nn.silu, df, d2f)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "tanh": _tanh(),
+    "sin": _sin(),
+    "softplus": _softplus(),
+    "silu": _silu(),
+}
+
+
+@dataclass(frozen=True)
+class MLP:
+    """Fully connected network ``sizes[0] -> ... -> sizes[-1]``, activation between layers.
+
+    The last layer is linear. ``init`` follows PyTorch's default (uniform in
+    ``±1/sqrt(fan_in)`` for weights and biases), the initialisation of [KFAC]'s experiments.
+    """
+
+    sizes: tuple[int, ...]
+    activation: str = "tanh"
+
+    def __post_init__(self):
+        if len(self.sizes) < 2 or any(int(s) < 1 for s in self.sizes):
+            raise ValueError(f"net sizes must be at least two positive integers, got {self.sizes}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}"
+            )
+
+    @property
+    def in_dim(self) -> int:
+        return self.sizes[0]
+
+    @property
+    def out_dim(self) -> int:
+        return self.sizes[-1]
+
+    @property
+    def num_params(self) -> int:
+        return sum((a + 1) * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+
+    @property
+    def act(self) -> Activation:
+        return ACTIVATIONS[self.activation]
+
+    def init(self, key: jax.Array, dtype=jnp.float64) -> Params:
+        params = []
+        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):
+            key, kw, kb = jax.random.split(key, 3)
+            bound = 1.0 / jnp.sqrt(fan_in)
+            params.append(
+                {
+                    "W": jax.random.uniform(kw, (fan_out, fan_in), dtype, -bound, bound),
+                    "b": jax.random.uniform(kb, (fan_out,), dtype, -bound, bound),
+                }
+            )
+        return params
+
+    def apply(self, params: Params, x: jax.Array) -> jax.Array:
+        """Network value at points ``x`` of shape ``(N, in_dim)``; returns ``(N, out_dim)``."""
+        h = x
+        for i, layer in enumerate(params):
+            h = h @ layer["W"].T + layer["b"]
+            if i < len(params) - 1:
+                h = self.act.f(h)
+        return h
+
+
+def parse_net(spec: str | tuple[int, ...] | list[int], in_dim: int, out_dim: int,
+              presets: dict[str, tuple[int, ...]] | None = None) -> tuple[int, ...]:
+    """Turn a net description into full layer sizes ``(in_dim, hidden..., out_dim)``.
+
+    Accepted: a preset name of the problem (e.g. ``"small"``) or the full sizes written out,
+    ``"2-64-64-48-48-1"``, whose ends must equal the problem's input and output dimensions.
+    """
+    presets = presets or {}
+    if isinstance(spec, str):
+        name = spec.strip()
+        if name in presets:
+            return (in_dim, *presets[name], out_dim)
+        try:
+            sizes = tuple(int(p) for p in name.split("-"))
+        except ValueError:
+            accepted = ", ".join(presets) or "none"
+            raise ValueError(
+                f"net {spec!r} is neither a preset ({accepted}) nor sizes like "
+                f"'{in_dim}-64-{out_dim}'"
+            ) from None
+    else:
+        sizes = tuple(int(w) for w in spec)
+    if len(sizes) < 2 or any(w < 1 for w in sizes):
+        raise ValueError(f"net {spec!r}: sizes must be at least two positive integers")
+    if sizes[0] != in_dim or sizes[-1] != out_dim:
+        raise ValueError(
+            f"net {spec!r} maps {sizes[0]} -> {sizes[-1]}, but this problem needs "
+            f"{in_dim} inputs and {out_dim} outputs (e.g. '{in_dim}-64-{out_dim}')"
+        )
+    return sizes
