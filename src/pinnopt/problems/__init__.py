@@ -1,0 +1,37 @@
+"""Problem registry: ``make_problem(name, **options)``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from pinnopt.problems.base import Problem
+from pinnopt.problems.heat import heat
+from pinnopt.problems.poisson import poisson
+
+PROBLEMS: dict[str, Callable[..., Problem]] = {
+    "poisson": poisson,
+    "heat": heat,
+}
+
+
+def problem_options(name: str) -> dict[str, object]:
+    """The options a problem factory accepts, with their defaults."""
+    sig = inspect.signature(PROBLEMS[name])
+    return {p.name: p.default for p in sig.parameters.values()}
+
+
+def make_problem(name: str, **options) -> Problem:
+    """Build a registered problem; unknown names or options raise ``ValueError``."""
+    if name not in PROBLEMS:
+        raise ValueError(f"unknown problem {name!r}; choose from {', '.join(sorted(PROBLEMS))}")
+    accepted = problem_options(name)
+    for key in options:
+        if key not in accepted:
+            raise ValueError(
+                f"problem {name!r} has no option {key!r}; accepted: {', '.join(accepted)}"
+            )
+    return PROBLEMS[name](**options)
+
+
+__all__ = ["PROBLEMS", "Problem", "make_problem", "problem_options", "poisson", "heat"]

@@ -1,0 +1,154 @@
+"""Run configuration: one validated record that the CLI, TOML files and Python all build.
+
+Every invalid setting raises :class:`ConfigError` with a one-line message naming the setting,
+the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pinnopt.nets import ACTIVATIONS, MLP, parse_net
+from pinnopt.optim import METHODS, coerce_hparam
+from pinnopt.problems import PROBLEMS, Problem, make_problem, problem_options
+
+DTYPES = ("float64", "float32")
+DEFAULT_METHOD = "lbfgs"
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message is one line for the user."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run.
+
+    ``problem_options`` are passed to the problem factory (e.g. ``{"dim": 5}``); ``net`` is a
+    preset of the problem or full sizes ``"2-64-1"`` (``None``: the problem's default);
+    ``hparams`` are the method's hyper-parameters. Training stops at ``steps`` or after
+    ``time_budget`` seconds of training time (evaluation excluded), whichever comes first.
+    Evaluations happen at steps 0, 1 and then every time the step grows by ``eval_ratio``;
+    checkpoints at evaluations at least ``checkpoint_every`` seconds apart, and at the end.
+    """
+
+    problem: str = "poisson"
+    problem_options: dict[str, Any] = field(default_factory=dict)
+    net: str | None = None
+    activation: str = "tanh"
+    method: str = DEFAULT_METHOD
+    hparams: dict[str, Any] = field(default_factory=dict)
+    steps: int = 100_000
+    time_budget: float | None = 60.0
+    seed: int = 0
+    dtype: str = "float64"
+    eval_ratio: float = 1.1
+    checkpoint_every: float = 30.0
+    plots: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    # -- validation ------------------------------------------------------------------------
+    def validate(self) -> None:
+        if self.problem not in PROBLEMS:
+            raise ConfigError(
+                f"problem={self.problem!r} is unknown; choose from {', '.join(sorted(PROBLEMS))}"
+            )
+        accepted = problem_options(self.problem)
+        for key in self.problem_options:
+            if key not in accepted:
+                raise ConfigError(
+                    f"problem {self.problem!r} has no option {key!r}; accepted: {', '.join(accepted)}"
+                )
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"method={self.method!r} is unknown; choose from {', '.join(sorted(METHODS))}"
+            )
+        try:
+            self.hparams = {k: coerce_hparam(self.method, k, v) for k, v in self.hparams.items()}
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"activation={self.activation!r} is unknown; choose from {', '.join(ACTIVATIONS)}"
+            )
+        _check_int("steps", self.steps, minimum=0)
+        _check_int("seed", self.seed, minimum=0)
+        if self.time_budget is not None:
+            _check_number("time_budget", self.time_budget, positive=True)
+        _check_number("eval_ratio", self.eval_ratio)
+        if self.eval_ratio <= 1.0:
+            raise ConfigError(f"eval_ratio={self.eval_ratio!r} must be greater than 1")
+        _check_number("checkpoint_every", self.checkpoint_every)
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every={self.checkpoint_every!r} must be >= 0 seconds")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype={self.dtype!r} is unknown; choose from {', '.join(DTYPES)}")
+        if self.net is not None and not isinstance(self.net, str):
+            raise ConfigError(f"net={self.net!r} must be a preset name or sizes like '2-64-1'")
+
+    # -- building ----------------------------------------------------------------------------
+    def build_problem(self) -> Problem:
+        try:
+            return make_problem(self.problem, **self.problem_options)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(str(err)) from None
+
+    def build_net(self, problem: Problem) -> MLP:
+        spec = self.net if self.net is not None else problem.default_net
+        try:
+            sizes = parse_net(spec, problem.dim, len(problem.fields), problem.nets)
+            return MLP(sizes, self.activation)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    # -- (de)serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("a run configuration must be a table of settings")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"unknown setting {key!r}; accepted: {', '.join(sorted(known))}")
+        for key in ("problem_options", "hparams"):
+            if key in data and not isinstance(data[key], dict):
+                raise ConfigError(f"{key} must be a table of settings, got {data[key]!r}")
+        for key in ("problem", "method", "activation", "dtype"):
+            if key in data and not isinstance(data[key], str):
+                raise ConfigError(f"{key}={data[key]!r} must be a string")
+        return cls(**data)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "RunConfig":
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {err}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+        return cls.from_dict(data)
+
+
+def _check_number(name: str, value: Any, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name}={value!r} must be a finite number")
+    if positive and value <= 0:
+        raise ConfigError(f"{name}={value!r} must be positive")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}={value!r} must be an integer")
+    if value < minimum:
+        raise ConfigError(f"{name}={value!r} must be at least {minimum}")

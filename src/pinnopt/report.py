@@ -1,0 +1,133 @@
+"""Figures and predictions of a finished (or interrupted) run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from pinnopt import train as training
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def load_run(run_dir: str | Path):
+    """The run's setup and its latest parameters."""
+    config = training.load_config(run_dir)
+    setup = training.build(config)
+    state, _ = training.load_state(run_dir)
+    return setup, state["params"]
+
+
+def predict(run_dir: str | Path, points: np.ndarray) -> np.ndarray:
+    """Values of the trained fields at ``points (N, dim)``: ``(N, num_fields)``."""
+    setup, params = load_run(run_dir)
+    points = np.asarray(points)
+    dim = setup.problem.dim
+    if points.ndim != 2 or points.shape[1] != dim:
+        raise ValueError(
+            f"points must have shape (N, {dim}) for problem {setup.problem.name!r} "
+            f"(coordinates {', '.join(setup.problem.coords)}), got {points.shape}"
+        )
+    if not np.issubdtype(points.dtype, np.number) or not np.all(np.isfinite(points)):
+        raise ValueError("points must be finite numbers")
+    return np.asarray(setup.objective.predict(params, jnp.asarray(points, setup.dtype)))
+
+
+def plot_history(history: list[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
+    """Loss and errors vs step and vs training time, log–log."""
+    plt = _pyplot()
+    keys = [k for k in history[0] if k == "loss" or k.startswith(("rms_", "rel_l2_"))]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    steps = np.array([max(r["step"], 1) for r in history], float)
+    times = np.array([max(r["time"], 1e-6) for r in history], float)
+    for ax, xs, label in ((axes[0], steps, "step"), (axes[1], times, "training time [s]")):
+        for k in keys:
+            ys = np.array([r.get(k, np.nan) for r in history], float)
+            ax.loglog(xs, ys, label=k)
+        ax.set_xlabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    path = out_dir / "history.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def plot_fields(setup, params, out_dir: Path, resolution: int = 101) -> list[Path]:
+    """Solution, reference and error on a grid (problems with two coordinates)."""
+    problem = setup.problem
+    if problem.dim != 2 or problem.solution is None:
+        return []
+    plt = _pyplot()
+    grid = problem.domain.grid(resolution).astype(setup.dtype)
+    u = np.asarray(setup.objective.predict(params, grid))
+    ref = np.asarray(problem.reference(grid))
+    lo, hi = problem.domain.lo, problem.domain.hi
+    extent = (lo[0], hi[0], lo[1], hi[1])
+    paths = []
+    for i, field in enumerate(problem.fields):
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+        panels = (("network " + field, u[:, i]), ("reference", ref[:, i]),
+                  ("error", u[:, i] - ref[:, i]))
+        for ax, (name, values) in zip(axes, panels):
+            # grid is 'ij' ordered: axis 0 is coordinate 0; show coordinate 0 horizontally.
+            image = values.reshape(resolution, resolution).T
+            cmap = "RdBu_r" if name == "error" else "viridis"
+            im = ax.imshow(image, origin="lower", extent=extent, aspect="auto", cmap=cmap)
+            ax.set_title(name)
+            ax.set_xlabel(problem.coords[0])
+            ax.set_ylabel(problem.coords[1])
+            fig.colorbar(im, ax=ax)
+        path = out_dir / f"field_{field}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write all figures of a run into ``run_dir/plots``; returns their paths."""
+    run_dir = Path(run_dir)
+    history = training.read_history(run_dir)
+    if not history:
+        raise training.RunError(f"{run_dir} has no history yet")
+    out_dir = run_dir / "plots"
+    out_dir.mkdir(exist_ok=True)
+    setup, params = load_run(run_dir)
+    title = f"{setup.problem.description} — {setup.config.method}, D = {setup.net.num_params}"
+    return plot_history(history, out_dir, title) + plot_fields(setup, params, out_dir)
+
+
+def describe(run_dir: str | Path) -> str:
+    """A text summary of a run: status, final numbers, versions."""
+    run_dir = Path(run_dir)
+    config = training.load_config(run_dir)
+    lines = [f"run {run_dir}: {config.problem} {config.problem_options or ''} with {config.method}"]
+    summary_path = run_dir / "summary.json"
+    if summary_path.exists():
+        s = json.loads(summary_path.read_text())
+        lines.append(f"status: {s['status']} ({s['message']}); {s['steps']} steps, "
+                     f"{s['train_time']:.1f} s")
+        lines += [f"  {k}: {v:.4e}" for k, v in s["final"].items()
+                  if isinstance(v, float) and k not in ("time",)]
+    else:
+        lines.append("status: no summary (the run was killed); resume it with --resume")
+    meta_path = run_dir / "metadata.json"
+    if meta_path.exists():
+        m = json.loads(meta_path.read_text())
+        lines.append("versions: " + ", ".join(
+            f"{k} {m.get(k)}" for k in ("pinnopt", "jax", "jaxlib", "numpy", "python")))
+        lines.append(f"device: {m.get('device')}; git revision: {m.get('git_revision')}")
+    return "\n".join(lines)

@@ -1,0 +1,408 @@
+"""The trainer: budgets, evaluation schedule, history, checkpoints, resume, NaN guard.
+
+A run directory holds
+
+    config.json      the RunConfig
+    metadata.json    versions, device, git revision, parameter count
+    history.jsonl    one row per evaluation: step, time (training seconds), loss and its
+                     groups, errors against the reference, the method's scalars
+    checkpoint.pkl   the latest state (and checkpoint.pkl.prev, the one before)
+    summary.json     status and final numbers
+    plots/           figures (``pinnopt report``)
+
+Training time excludes compilation and evaluation, as in [KFAC]'s time budgets. Every
+step's randomness derives from ``(seed, step)``, so a resumed run repeats exactly the steps
+of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pinnopt import checkpoint
+from pinnopt.config import ConfigError, RunConfig
+from pinnopt.nets import MLP, Params
+from pinnopt.optim import Method, make_method
+from pinnopt.problems import Problem
+from pinnopt.residuals import Batch, Objective
+
+CHECKPOINT = "checkpoint.pkl"
+HISTORY = "history.jsonl"
+
+
+class RunError(RuntimeError):
+    """A run cannot be started or resumed; the message is one line for the user."""
+
+
+@dataclass
+class Setup:
+    """Everything a run derives from its configuration."""
+
+    config: RunConfig
+    problem: Problem
+    net: MLP
+    objective: Objective
+    method: Method
+    eval_points: jax.Array
+    eval_reference: jax.Array
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.config.dtype)
+
+
+def build(config: RunConfig) -> Setup:
+    """Problem, network, objective, method and evaluation set of a configuration."""
+    problem = config.build_problem()
+    net = config.build_net(problem)
+    dtype = jnp.dtype(config.dtype)
+    objective = Objective(problem, net, dtype)
+    try:
+        method = make_method(config.method, objective, **config.hparams)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    x = problem.eval_points().astype(dtype)
+    return Setup(config, problem, net, objective, method, x, problem.reference(x).astype(dtype))
+
+
+def next_eval_step(step: int, ratio: float) -> int:
+    """Evaluation schedule of [KFAC]: 0, 1, then geometric with factor ``ratio``."""
+    return max(step + 1, math.ceil(step * ratio))
+
+
+def init_params(setup: Setup) -> Params:
+    key = jax.random.fold_in(jax.random.PRNGKey(setup.config.seed), 0)
+    return jax.tree_util.tree_map(lambda a: a.astype(setup.dtype), setup.net.init(key))
+
+
+def step_keys(seed: int, step: int) -> tuple[jax.Array, jax.Array]:
+    """(points key, method key) of one step."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 1), step)
+    return tuple(jax.random.split(key))
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def _scalars(d: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items()}
+
+
+def metadata(setup: Setup) -> dict[str, Any]:
+    from pinnopt import __version__
+
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        rev = None
+    return {
+        "pinnopt": __version__,
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "device": str(jax.devices()[0]),
+        "platform": platform.platform(),
+        "git_revision": rev,
+        "num_params": setup.net.num_params,
+        "net": list(setup.net.sizes),
+        "problem": setup.problem.description,
+    }
+
+
+class Trainer:
+    """Runs one configuration in one directory; :meth:`run` trains until a budget is spent."""
+
+    def __init__(self, config: RunConfig, out: str | Path, progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.config = config
+        self.out = Path(out)
+        self.progress = progress
+        self.log = log
+        self.setup = build(config)
+        self._stop_signal: str | None = None
+
+    # -- state ---------------------------------------------------------------------------
+    def fresh_state(self) -> dict[str, Any]:
+        params = init_params(self.setup)
+        return {
+            "step": 0,
+            "train_time": 0.0,
+            "params": params,
+            "method_state": self.setup.method.init(params),
+            "next_eval": 0,
+        }
+
+    def batch(self, step: int) -> Batch:
+        cfg = self.config
+        if self.setup.problem.resample:
+            return self.setup.objective.sample(step_keys(cfg.seed, step)[0])
+        if not hasattr(self, "_fixed_batch"):
+            key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 2)
+            self._fixed_batch = self.setup.objective.sample(key)
+        return self._fixed_batch
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, state: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
+        cfg, setup = self.config, self.setup
+        objective, method = setup.objective, setup.method
+
+        def guarded_step(params, mstate, batch, key):
+            new_params, new_state, info = method.step(params, mstate, batch, key)
+            ok = jnp.isfinite(info["loss"]) & _all_finite(new_params)
+            return new_params, new_state, info, ok
+
+        def evaluate(params, batch):
+            out = {"loss": objective.loss(params, batch)}
+            out.update({f"loss_{k}": v for k, v in objective.group_losses(params, batch).items()})
+            out.update(objective.errors(params, setup.eval_points, setup.eval_reference))
+            return out
+
+        batch0 = self.batch(state["step"])
+        key0 = step_keys(cfg.seed, state["step"])[1]
+        compiled = jax.jit(guarded_step).lower(
+            state["params"], state["method_state"], batch0, key0).compile()
+        eval_fn = jax.jit(evaluate)
+
+        params, mstate = state["params"], state["method_state"]
+        step, train_time, next_eval = state["step"], state["train_time"], state["next_eval"]
+        last_info: dict[str, float] = {}
+        last_ckpt = time.monotonic()
+        status, message = "completed", ""
+        bar = self._bar(step)
+        self._install_signal_handlers()
+        try:
+            while True:
+                reason = None
+                if step >= cfg.steps:
+                    reason = "step budget reached"
+                elif cfg.time_budget is not None and train_time >= cfg.time_budget:
+                    reason = "time budget reached"
+                elif self._stop_signal:
+                    status, reason = "interrupted", f"stopped by {self._stop_signal}"
+                batch = self.batch(step)
+                evaluated = history and history[-1]["step"] == step
+                if (step >= next_eval or reason) and not evaluated:
+                    row = {"step": step, "time": train_time, **_scalars(eval_fn(params, batch)),
+                           **last_info}
+                    history.append(row)
+                    self._append_history(row)
+                    next_eval = next_eval_step(step, cfg.eval_ratio)
+                    if bar is not None:
+                        bar.set_postfix(self._postfix(row), refresh=False)
+                    if not reason and time.monotonic() - last_ckpt >= cfg.checkpoint_every:
+                        self._checkpoint(step, train_time, params, mstate, next_eval)
+                        last_ckpt = time.monotonic()
+                if reason:
+                    message = reason
+                    break
+                key = step_keys(cfg.seed, step)[1]
+                t0 = time.perf_counter()
+                new_params, new_state, info, ok = compiled(params, mstate, batch, key)
+                ok = bool(ok)
+                train_time += time.perf_counter() - t0
+                if not ok:
+                    status = "diverged"
+                    message = (
+                        f"non-finite loss or parameters in step {step} ({cfg.method}); "
+                        f"the last good state (step {step}) is kept in {self.out / CHECKPOINT}"
+                    )
+                    break
+                params, mstate = new_params, new_state
+                last_info = {f"method_{k}": float(v) for k, v in info.items() if k != "loss"}
+                step += 1
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            self._restore_signal_handlers()
+        self._checkpoint(step, train_time, params, mstate, next_eval)
+        return self._summary(status, message, step, train_time, history)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _bar(self, step: int):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        total = self.config.steps if self.config.time_budget is None else None
+        return tqdm(total=total, initial=step, unit="step", mininterval=0.5, dynamic_ncols=True,
+                    desc=f"{self.config.problem}/{self.config.method}")
+
+    def _postfix(self, row: dict[str, Any]) -> dict[str, str]:
+        out = {"loss": f"{row['loss']:.2e}"}
+        for f in self.setup.problem.fields[:2]:
+            out[f"rms_{f}"] = f"{row[f'rms_{f}']:.2e}"
+        return out
+
+    def _append_history(self, row: dict[str, Any]) -> None:
+        with open(self.out / HISTORY, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def _checkpoint(self, step, train_time, params, mstate, next_eval) -> None:
+        checkpoint.save(self.out / CHECKPOINT, {
+            "step": step, "train_time": train_time, "params": params,
+            "method_state": mstate, "next_eval": next_eval,
+        })
+
+    def _summary(self, status, message, step, train_time, history) -> dict[str, Any]:
+        final = history[-1] if history else {}
+        summary = {
+            "status": status,
+            "message": message,
+            "steps": step,
+            "train_time": train_time,
+            "seconds_per_step": train_time / step if step else None,
+            "num_params": self.setup.net.num_params,
+            "final": final,
+            "config": self.config.to_dict(),
+        }
+        checkpoint.write_atomic(self.out / "summary.json",
+                                json.dumps(summary, indent=2).encode())
+        return summary
+
+    def _install_signal_handlers(self) -> None:
+        self._old_handlers = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):
+            self._stop_signal = signal.Signals(signum).name
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old_handlers[sig] = signal.signal(sig, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / "config.json").exists()
+
+
+def default_out(config: RunConfig, root: str | Path = "runs") -> Path:
+    """``runs/<problem>[<dim>]-<method>-seed<seed>``, with a suffix if that run exists."""
+    dim = config.problem_options.get("dim")
+    base = f"{config.problem}{dim if dim is not None else ''}-{config.method}-seed{config.seed}"
+    path = Path(root) / base
+    i = 1
+    while path.exists():
+        path = Path(root) / f"{base}-{i}"
+        i += 1
+    return path
+
+
+def train(config: RunConfig, out: str | Path | None = None, progress: bool = True,
+          overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``config`` into a new run directory ``out`` and return the summary.
+
+    An existing run directory is never overwritten unless ``overwrite`` is set.
+    """
+    out = Path(out) if out is not None else default_out(config)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise RunError(
+                f"{out} already exists and is not empty; resume it with --resume {out}, "
+                f"or choose another --out"
+            )
+        if not _is_run_dir(out):
+            raise RunError(f"{out} is not a pinnopt run; refusing to overwrite it")
+        for name in (CHECKPOINT, CHECKPOINT + ".prev", HISTORY, "summary.json"):
+            (out / name).unlink(missing_ok=True)
+    trainer = Trainer(config, out, progress=progress, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    (out / "metadata.json").write_text(json.dumps(metadata(trainer.setup), indent=2))
+    log(f"training {config.problem} with {config.method}: net {'-'.join(map(str, trainer.setup.net.sizes))} "
+        f"(D = {trainer.setup.net.num_params}), {config.dtype}, run in {out}")
+    summary = trainer.run(trainer.fresh_state(), [])
+    _finish(out, config, summary, log)
+    return summary
+
+
+def load_config(run_dir: str | Path) -> RunConfig:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not _is_run_dir(run_dir):
+        raise RunError(f"{run_dir} is not a pinnopt run directory (no config.json)")
+    try:
+        return RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    except json.JSONDecodeError as err:
+        raise RunError(f"{run_dir}/config.json is not valid JSON: {err}") from None
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / HISTORY
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line from a kill during the write
+    return rows
+
+
+def load_state(run_dir: str | Path) -> tuple[dict[str, Any], str | None]:
+    try:
+        return checkpoint.load(Path(run_dir) / CHECKPOINT)
+    except checkpoint.CheckpointError as err:
+        raise RunError(str(err)) from None
+
+
+def resume(run_dir: str | Path, steps: int | None = None, time_budget: float | None = None,
+           progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Continue a run from its last checkpoint; history rows after it are dropped and redone.
+
+    ``steps`` / ``time_budget`` extend the budgets (the time budget counts total training time).
+    """
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    if steps is not None:
+        config.steps = steps
+    if time_budget is not None:
+        config.time_budget = time_budget
+    config.validate()
+    state, warning = load_state(run_dir)
+    if warning:
+        log(f"warning: {warning}")
+    history = [row for row in read_history(run_dir) if row["step"] <= state["step"]]
+    checkpoint.write_atomic(run_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history).encode())
+    trainer = Trainer(config, run_dir, progress=progress, log=log)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    log(f"resuming {run_dir} at step {state['step']} ({state['train_time']:.1f} s trained)")
+    summary = trainer.run(state, history)
+    _finish(run_dir, config, summary, log)
+    return summary
+
+
+def _finish(out: Path, config: RunConfig, summary: dict[str, Any], log) -> None:
+    final = summary["final"]
+    errs = ", ".join(f"{k} {v:.3e}" for k, v in final.items() if k.startswith(("rms_", "rel_l2_")))
+    log(f"{summary['status']}: {summary['message']}; {summary['steps']} steps in "
+        f"{summary['train_time']:.1f} s; loss {final.get('loss', float('nan')):.3e}; {errs}")
+    if config.plots and summary["steps"] > 0:
+        from pinnopt import report
+
+        report.plot_run(out)
+        log(f"plots in {out / 'plots'}")
