@@ -42,6 +42,4 @@ def gramian_vector_product(objective: Objective, params: Params, batch: Batch
 def jacobian_matrix(objective: Objective, params: Params, batch: Batch) -> jax.Array:
     """The dense Jacobian ``J`` of the stacked scaled residual, ``(N, D)``."""
     flat, unravel = flatten(params)
-    return jax.jacfwd(lambda f: objective.residual_vector(unravel(f), batch))(flat) \
-        if flat.size <= 64 else \
-        jax.jacrev(lambda f: objective.residual_vector(unravel(f), batch))(flat)
+    return jax.jacrev(lambda f: objective.residual_vector(unravel(f), batch))(flat)
