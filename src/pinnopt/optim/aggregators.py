@@ -341,8 +341,9 @@ def hrgrad(
         k = state[0] + 1
         return (k, *attempt(k))
 
-    k0 = jnp.zeros((), jnp.int32)
-    k, update, _, kappa_used = lax.while_loop(rejected, retry, (k0, *attempt(k0)))
+    # Start from a rejected dummy at k = -1 so that attempt() is traced once, inside the loop.
+    start = (jnp.asarray(-1, jnp.int32), jnp.zeros_like(total), jnp.asarray(False), kappa)
+    k, update, _, kappa_used = lax.while_loop(rejected, retry, start)
     info = {
         "update_norm": jnp.linalg.norm(update),
         "kappa_used": kappa_used,
