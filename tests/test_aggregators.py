@@ -270,6 +270,18 @@ def test_hrgrad_falls_back_to_config():
     np.testing.assert_allclose(update, config_np(g), rtol=1e-12)
 
 
+def test_hrgrad_anchor_falls_back_to_config_direction_when_stationary():
+    # e1 and -e1 put the origin in the hull of the unit gradients; the ConFIG direction of
+    # {e1, -e1, e2, e3} is (0, 1, 1)/√2 and the rotated set keeps it, so update = (0, 1, 1).
+    g = np.array([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    units, anchor, conflict, _ = (np.asarray(a) for a in GEOMETRY(embed(g), 0.5))
+    np.testing.assert_allclose(anchor[:3], [0, 2**-0.5, 2**-0.5], atol=1e-12)
+    np.testing.assert_allclose(conflict[:4], [1, 1, 0, 0])
+    update, info = hrgrad_np(g, 0.5)
+    assert info["anchor_from_config"]
+    np.testing.assert_allclose(update, [0, 1, 1], atol=1e-12)
+
+
 def test_hrgrad_ignores_zero_gradients_and_never_makes_nan():
     # Unpadded shapes on purpose: the padding used elsewhere relies on exactly this.
     g = np.random.default_rng(4).normal(size=(4, 10))
