@@ -418,7 +418,8 @@ def mconfig_update(
     ``s ← β₂ s + (1 − β₂) ĝ²``, ``update = g_c / (√(s / (1 − β₂^t)) + eps)``. That update is
     already Adam-scaled: feed it to plain SGD. With ``normalise=False`` the update is ``g_c``,
     for any optax optimiser. The update is zero until every task has been seen once.
-    Returns ``(update (D,), new_state, info)``.
+    ``normalise`` is a Python bool (static under ``jax.jit``); the other hyperparameters may be
+    traced. Returns ``(update (D,), new_state, info)``.
     """
     m = state.momenta.shape[0]
     dtype = state.momenta.dtype
