@@ -37,23 +37,33 @@ r = 1 − ε j_0,k, and f(1, −v_k) = r − εj = 0 gives r = ε j_nx,k; the fa
 uses that value and the adjacent centre, half a cell away. In the limit these become the
 Dirichlet data ρ = 1 and ρ = 0; for ε > 0 the ε j terms carry the O(ε) boundary-layer shift.
 
-Ballistic front: the data are incompatible at the corner (t, x) = (0, 0) (f(0) = 0 but
-f = 1 flows in), so particles that have not collided yet form a front f_F = exp(−x/(εv)) for
-v t/ε ≤ x, zero behind it, that runs in at speed v/ε and is damped as exp(−t/ε²). For large ε
-(ε = 1: amplitude e^{−1} at T = 1) its jump in x, at a different place for every v_k, would
-put jumps in the discrete-ordinates ρ and ruin grid convergence. When the front lives for at
-least one time step (ε² ≥ Δt) it is therefore subtracted exactly: f̃ = f + f_F is continuous
-(f̃(0) = exp(−x/(εv)) for v > 0, compatible with the inflow 1) and solves
+Uncollided particles: the data are incompatible at the corner (t, x) = (0, 0) (f(0) = 0 but
+f = 1 flows in), so the particles that have not collided yet,
 
-    ε ∂_t f̃ + v ∂_x f̃ = (⟨f̃⟩ − f̃)/ε − ρ_F/ε,     ρ_F = ⟨f_F⟩ (exact integral in v),
+    f_u = exp(−x/(εv)) for 0 < x < v t/ε (v > 0),   0 otherwise,
 
-and ρ = ⟨f̃⟩ − ρ_F. The source only enters the macro equation; with the exactly integrated
-absorbed front density Q(t,x) = ε⁻² ∫₀ᵗ ρ_F ds the unknown ρ̂ = ⟨f̃⟩ + Q obeys the source-free
-macro equation, so the front mass is accounted for exactly and the fast time scale ε² only
-enters the odd equation through ∂_x Q. ρ_F and Q have closed forms in the exponential
-integral E₁ (:func:`_front_density`, :func:`_front_absorbed`). Averaging f_F exactly rather
+end in a front that runs in at speed v/ε and decays as exp(−t/ε²). For large ε (ε = 1:
+amplitude e^{−1} at T = 1) its jump in x, at a different place for every v_k, would put jumps
+of size O(w_k) in the discrete-ordinates ρ and ruin grid convergence. While the front is
+still alive at the final time (T ≤ 4ε², amplitude ≥ e^{−4}) it is therefore split off
+exactly (first-collision source): f = f_u + f_c, where the collided part f_c has zero
+inflow and initial data and solves
+
+    ε ∂_t f_c + v ∂_x f_c = (⟨f_c⟩ − f_c)/ε + ρ_u/ε,        ρ_u = ⟨f_u⟩ (exact integral in v),
+
+and ρ = ⟨f_c⟩ + ρ_u. The source enters only the macro equation; with the cumulative
+first-collision density P(t,x) = ε⁻² ∫₀ᵗ ρ_u ds, the unknown ρ̂ = ⟨f_c⟩ − P obeys the
+source-free macro equation, so the source's mass is accounted for exactly and its fast time
+scale ε² reaches the scheme only through ∂_x P in the odd equation. ρ_u and P have closed
+forms in the exponential integral E₁ (:func:`_uncollided`). Averaging f_u exactly rather
 than with the nv nodes means that the reported ρ approximates the velocity average of the
-PDE, not of the discrete-ordinates model, which would carry O(w_k e^{−T/ε²}) jumps.
+PDE, not of the discrete-ordinates model, whose ρ carries the O(w_k e^{−T/ε²}) jumps. The
+split has a price: on the wall f_c jumps at v = 0 from 0 (inflow) to the outgoing collided
+density, a bigger jump than that of f once collisions dominate, and the nv-node quadrature of
+that jump is the main error within about 0.05ε of x = 0. Comparing nv = 30 with nv = 120 (see
+docs/reference_solvers.md), the split is the more accurate choice for T/ε² ≲ 3 and the plain
+scheme for T/ε² ≳ 5, hence the threshold 4. With ε² ≥ T/4 the layers of width ε are
+resolved by any sensible grid.
 
 Time: the semi-discrete system M y' = A y + b is linear with constant coefficients, so it is
 integrated fully implicitly with BDF2 (one backward-Euler start step), with the two system
@@ -85,7 +95,9 @@ class TransportSolution:
         weights: (nv,) quadrature weights for the average ⟨·⟩ = ½∫dv (they sum to 1).
         t: (n_save,) saved times.
         rho: (n_save, nx) density at the saved times and cell centres.
-        f: (nx, nv) distribution at the final time.
+        f: (nx, nv) distribution at the final time, at the velocity nodes. When the
+            uncollided part was split off, ρ averages that part exactly, so ρ differs from
+            f @ weights by the nv-node quadrature error of the uncollided front.
         rho_boundary: (2,) density ⟨f⟩ at x = 0 and x = 1 at the final time.
     """
 
@@ -197,28 +209,25 @@ def _assemble(
     return A, b, mass, {"face": face, "rho": rho, "s": s}
 
 
-def _front_limits(eps: float, t: float, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """a = x/ε and the fastest velocity still in the front at x, v₁ = min(1, εx/t); x > 0."""
+def _uncollided(eps: float, t: float, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Uncollided density ρ_u and cumulative first-collision density P at time t ≥ 0, x > 0.
+
+    With a = x/ε, τ = t/ε² and v₁ = min(1, a/τ) (the slowest velocity that has reached x):
+
+        ρ_u = ½ ∫_{v₁}^1 e^{−a/v} dv = ½ [G(1) − G(v₁)],     G(v) = v e^{−a/v} − a E₁(a/v),
+        P = ε⁻² ∫₀ᵗ ρ_u ds = ½ ∫_{v₁}^1 e^{−a/v} (τ − a/v) dv
+          = ½ [τ (G(1) − G(v₁)) − a (E₁(a) − E₁(a/v₁))].
+
+    Returns two arrays of the shape of x.
+    """
     a = x / eps
     v1 = np.ones_like(x) if t == 0 else np.minimum(1.0, eps * x / t)
-    return a, v1
 
+    def G(v: np.ndarray | float) -> np.ndarray:
+        return v * np.exp(-a / v) - a * exp1(a / v)
 
-def _front_density(eps: float, t: float, x: np.ndarray) -> np.ndarray:
-    """ρ_F(t,x) = ½ ∫₀^{v₁} exp(−x/(εv)) dv = ½ [v₁ e^{−a/v₁} − a E₁(a/v₁)], x > 0, shape of x."""
-    a, v1 = _front_limits(eps, t, x)
-    return 0.5 * (v1 * np.exp(-a / v1) - a * exp1(a / v1))
-
-
-def _front_absorbed(eps: float, t: float, x: np.ndarray) -> np.ndarray:
-    """Q(t,x) = ε⁻² ∫₀ᵗ ρ_F ds = ½ ∫₀¹ e^{−a/v} min(τ, a/v) dv with τ = t/ε², x > 0.
-
-    Closed form: ½ [τ (v₁ e^{−a/v₁} − a E₁(a/v₁)) + a (E₁(a) − E₁(a/v₁))]; as t → ∞ it
-    tends to ½ a E₁(a), whose integral over x is the front's whole mass ε/4.
-    """
-    a, v1 = _front_limits(eps, t, x)
-    tau = t / eps**2
-    return 0.5 * (tau * (v1 * np.exp(-a / v1) - a * exp1(a / v1)) + a * (exp1(a) - exp1(a / v1)))
+    dG = G(1.0) - G(v1)
+    return 0.5 * dG, 0.5 * (t / eps**2 * dG - a * (exp1(a) - exp1(a / v1)))
 
 
 def solve_transport(
@@ -228,7 +237,7 @@ def solve_transport(
     nv: int = 30,
     dt: float | None = None,
     save_times: Sequence[float] | None = None,
-    subtract_front: bool | None = None,
+    split_uncollided: bool | None = None,
 ) -> TransportSolution:
     """Solve ε ∂_t f + v ∂_x f = (ρ − f)/ε on [0, t_final] (see the module docstring).
 
@@ -241,10 +250,10 @@ def solve_transport(
             steps. Stability does not depend on dt or ε (BDF2 is L-stable).
         save_times: times in [0, T] at which ρ is stored (default: [T]). Values between
             steps are linearly interpolated in time, an O(dt²) error like the scheme's.
-        subtract_front: subtract the ballistic front exactly; default: when ε² ≥ dt, i.e.
-            when the front survives the first step (below that it dies within one step and
-            the plain scheme, to which the subtraction would add only unresolved layers, is
-            used).
+        split_uncollided: split off the uncollided particles (module docstring); default:
+            when T ≤ 4ε² and dt ≤ ε², i.e. when their front is still alive at T and is
+            resolved in time. (Without the split, ρ at save times t with t/ε² ≲ 3 carries
+            O(w_k e^{−t/ε²}) discrete-ordinates jumps.)
 
     Returns:
         TransportSolution with ρ of shape (len(save_times), nx) and f (nx, nv) at T.
@@ -263,9 +272,10 @@ def solve_transport(
     dx = 1.0 / nx
     n_steps = int(np.ceil(t_final / (0.5 * dx if dt is None else dt) - 1e-12))
     dt = t_final / n_steps
-    split = eps**2 >= dt if subtract_front is None else subtract_front
+    if split_uncollided is None:
+        split_uncollided = t_final <= 4.0 * eps**2 and dt <= eps**2
+    split = split_uncollided
     xc = (np.arange(nx) + 0.5) * dx
-    xf = np.arange(nx + 1) * dx
 
     A, b, mass, idx = _assemble(eps, nx, vp, wp)
     rho_idx, s_idx, face_idx = idx["rho"], idx["s"], idx["face"]
@@ -275,21 +285,18 @@ def solve_transport(
     lu_be = splu((M - dt * A).tocsc())
     lu_bdf2 = splu((1.5 * M - dt * A).tocsc())
 
-    y = np.zeros(A.shape[0])  # f(0) = 0: ρ = s = j = 0
+    y = np.zeros(A.shape[0])  # f(0) = 0 (and f_c(0) = 0): ρ = s = j = 0
     if split:
-        # f̃(0) = exp(−x/(εv)) for v > 0 and 0 for v < 0: r = f̃/2, j = f̃/(2ε)
-        r0 = 0.5 * np.exp(-xc[:, None] / (eps * vp))
-        y[rho_idx] = r0 @ wp
-        y[s_idx] = r0 - y[rho_idx][:, None]
-        y[face_idx] = np.exp(-xf[:, None] / (eps * vp)) / (2.0 * eps)
-        # the unknown is ρ̂ = ⟨f̃⟩ + Q; the odd equation sees ⟨f̃⟩ = ρ̂ − Q
+        # the unknown is ρ̂ = ⟨f_c⟩ − P; the odd equation sees ⟨f_c⟩ = ρ̂ + P, and f_c has
+        # zero inflow, so the inflow vector b is dropped
         A_rho = A[:, rho_idx]
 
         def forcing(t: float) -> np.ndarray:
-            return b - A_rho @ _front_absorbed(eps, t, xc)
+            return A_rho @ _uncollided(eps, t, xc)[1]
 
         def density(y: np.ndarray, t: float) -> np.ndarray:
-            return y[rho_idx] - _front_absorbed(eps, t, xc) - _front_density(eps, t, xc)
+            rho_u, P = _uncollided(eps, t, xc)
+            return y[rho_idx] + P + rho_u
 
     else:
 
@@ -310,18 +317,20 @@ def solve_transport(
     rho_saved = np.stack([np.interp(save, times, history[:, i]) for i in range(nx)], axis=1)
 
     # f at the final time: f(±v_k) = r_k ± ε j_k, with j averaged from the faces to the
-    # centres, minus the front f_F = exp(−x/(εv)) on x ≥ vT/ε for v > 0
+    # centres, plus f_u = exp(−x/(εv)) on x < vT/ε for v > 0 when it was split off;
+    # ⟨f⟩ at the walls from the boundary values of r
     j = y[face_idx]
     r = y[rho_idx][:, None] + y[s_idx]
-    rho_boundary = np.array([1.0 - eps * wp @ j[0], eps * wp @ j[-1]])  # ⟨f⟩ from r at the walls
     if split:
-        r -= _front_absorbed(eps, t_final, xc)[:, None]
-        rho_boundary[1] -= _front_density(eps, t_final, np.array([1.0]))[0]
+        r += _uncollided(eps, t_final, xc)[1][:, None]
+        rho_boundary = np.array([0.5 - eps * wp @ j[0], eps * wp @ j[-1]])
+        rho_boundary[1] += _uncollided(eps, t_final, np.array([1.0]))[0][0]
+    else:
+        rho_boundary = np.array([1.0 - eps * wp @ j[0], eps * wp @ j[-1]])
     j_c = 0.5 * (j[1:] + j[:-1])
     f = np.concatenate([(r - eps * j_c)[:, ::-1], r + eps * j_c], axis=1)
     if split:
-        front = np.exp(-xc[:, None] / (eps * vp)) * (xc[:, None] >= vp * t_final / eps)
-        f[:, K:] -= front
+        f[:, K:] += np.exp(-xc[:, None] / (eps * vp)) * (xc[:, None] < vp * t_final / eps)
 
     return TransportSolution(
         eps=float(eps),
