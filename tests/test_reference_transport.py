@@ -86,7 +86,7 @@ def test_grid_convergence_at_eps_one():
     ]
     orders = np.log2(np.array(errors[:-1]) / errors[1:])
     assert errors[-1] < 5e-5  # measured 3.1e-5
-    assert np.all(orders > 0.7)  # measured 1.25, 0.83 (wall layers in v, see the docs)
+    assert np.all(orders > 0.7)  # measured 1.25, 0.83 (kinks along x = v_k t/ε, see the docs)
 
 
 def test_uncollided_split_is_exact_bookkeeping():
