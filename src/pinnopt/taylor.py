@@ -115,43 +115,58 @@ def jet(
         raise ValueError(f"points have {d} coordinates, the net takes {net.in_dim}")
     k = derivs.num_directions
     has_second = derivs.second is not None
-    slots = [x[:, None, :]]
-    if k:
-        directions = jnp.asarray(np.asarray(derivs.directions), dtype=x.dtype)
-        slots.append(jnp.broadcast_to(directions, (n, k, d)))
-    if has_second:
-        slots.append(jnp.zeros((n, 1, d), x.dtype))
-    h = jnp.concatenate(slots, axis=1) if len(slots) > 1 else slots[0]
-    weights = None if not has_second else jnp.asarray(derivs.second, dtype=x.dtype)
+    # The slots are carried as separate arrays (value (N, h), directional (N, k, h), second
+    # (N, h)) rather than one stacked array: that avoids a concatenation and a scatter per
+    # layer in the forward and backward pass. Stacked views are built only for the layer
+    # inputs, and vanish under jit when unused.
+    value = x
+    grad = jnp.broadcast_to(jnp.asarray(np.asarray(derivs.directions), x.dtype), (n, k, d)) if k else None
+    second = jnp.zeros((n, d), x.dtype) if has_second else None
+    weights = jnp.asarray(derivs.second, dtype=x.dtype) if has_second else None
 
     act = net.act
     layer_inputs = []
     last = len(params) - 1
     for i, layer in enumerate(params):
-        layer_inputs.append(h)
-        z = h @ layer["W"].T
-        z = z.at[:, 0].add(layer["b"])
-        if taps is not None:
-            z = z + taps[i]
-        if i == last:
-            h = z
-            break
-        value = z[:, 0]
-        s1 = act.df(value)
-        parts = [act.f(value)[:, None]]
+        layer_inputs.append(_stack(value, grad, second))
+        w = layer["W"]
+        value = value @ w.T + layer["b"]
         if k:
-            parts.append(s1[:, None, :] * z[:, 1 : 1 + k])
+            grad = grad @ w.T
         if has_second:
-            curvature = jnp.einsum("k,nkh->nh", weights, z[:, 1 : 1 + k] ** 2)
-            parts.append((s1 * z[:, -1] + act.d2f(value) * curvature)[:, None])
-        h = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+            second = second @ w.T
+        if taps is not None:
+            value = value + taps[i][:, 0]
+            if k:
+                grad = grad + taps[i][:, 1 : 1 + k]
+            if has_second:
+                second = second + taps[i][:, -1]
+        if i == last:
+            break
+        s1 = act.df(value)
+        if has_second:
+            curvature = jnp.einsum("k,nkh->nh", weights, grad**2)
+            second = s1 * second + act.d2f(value) * curvature
+        if k:
+            grad = s1[:, None, :] * grad
+        value = act.f(value)
 
     out = Jet(
-        value=h[:, 0],
-        grad=h[:, 1 : 1 + k],
-        second=h[:, -1] if has_second else None,
+        value=value,
+        grad=grad if k else jnp.zeros((n, 0, value.shape[-1]), x.dtype),
+        second=second,
     )
     return out, layer_inputs
+
+
+def _stack(value, grad, second) -> jax.Array:
+    """Slots stacked as ``(N, S, width)``."""
+    parts = [value[:, None]]
+    if grad is not None:
+        parts.append(grad)
+    if second is not None:
+        parts.append(second[:, None])
+    return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
 
 def tap_shapes(net: MLP, n: int, derivs: Derivatives) -> list[tuple[int, int, int]]:

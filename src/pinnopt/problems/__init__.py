@@ -15,6 +15,13 @@ PROBLEMS: dict[str, Callable[..., Problem]] = {
 }
 
 
+def register_problem(name: str, factory: Callable[..., Problem]) -> None:
+    """Make a problem factory available by name (to RunConfig, the CLI and benchmark suites)."""
+    if not callable(factory):
+        raise ValueError(f"problem {name!r}: the factory must be callable")
+    PROBLEMS[name] = factory
+
+
 def problem_options(name: str) -> dict[str, object]:
     """The options a problem factory accepts, with their defaults."""
     sig = inspect.signature(PROBLEMS[name])
@@ -34,4 +41,5 @@ def make_problem(name: str, **options) -> Problem:
     return PROBLEMS[name](**options)
 
 
-__all__ = ["PROBLEMS", "Problem", "make_problem", "problem_options", "poisson", "heat"]
+__all__ = ["PROBLEMS", "Problem", "make_problem", "problem_options", "register_problem",
+           "poisson", "heat"]

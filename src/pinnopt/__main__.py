@@ -1,0 +1,5 @@
+import sys
+
+from pinnopt.cli import main
+
+sys.exit(main())

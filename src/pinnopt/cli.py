@@ -1,0 +1,225 @@
+"""The ``pinnopt`` command line.
+
+    pinnopt train [--config FILE.toml] [--problem NAME] [--dim N] [--method NAME] ...
+    pinnopt train --resume RUN [--steps N] [--time S]
+    pinnopt list [problems|methods]
+    pinnopt report RUN
+    pinnopt predict RUN --points FILE.npy [--out FILE.npy]
+    pinnopt bench SUITE [--quick]
+
+Bad input gets one line on stderr and exit code 2; a diverged run exits with 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise UsageError(message)
+
+
+def _literal(text: str) -> Any:
+    """A command-line value as a TOML literal (1e-3, 5, true, "x"), or the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
+        out[key.strip()] = _literal(value.strip())
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pinnopt", description="Train physics-informed neural networks to high accuracy.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    tr = sub.add_parser("train", help="train a problem (default: 2d Poisson)")
+    tr.add_argument("--config", help="TOML file with run settings (flags override it)")
+    tr.add_argument("--problem", help="problem name (see `pinnopt list problems`)")
+    tr.add_argument("--dim", type=int, help="problem dimension (spatial dimension for heat)")
+    tr.add_argument("--problem-opt", action="append", metavar="KEY=VALUE",
+                    help="other problem option, e.g. n_interior=2000 (repeatable)")
+    tr.add_argument("--net", help="net preset of the problem or sizes like 2-64-64-1")
+    tr.add_argument("--activation", help="tanh, sin, softplus or silu")
+    tr.add_argument("--method", help="optimiser (see `pinnopt list methods`)")
+    tr.add_argument("--lr", type=float, help="learning rate (methods that have one)")
+    tr.add_argument("--opt", action="append", metavar="KEY=VALUE",
+                    help="method hyper-parameter, e.g. damping=1e-10 (repeatable)")
+    tr.add_argument("--steps", type=int, help="step budget")
+    tr.add_argument("--time", type=float, dest="time_budget", help="training-time budget in seconds")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--dtype", help="float64 (default) or float32")
+    tr.add_argument("--eval-ratio", type=float, help="geometric evaluation schedule factor (1.1)")
+    tr.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints (30)")
+    tr.add_argument("--out", help="run directory (default runs/<problem>-<method>-seed<seed>)")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    tr.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
+
+    ls = sub.add_parser("list", help="list problems and methods")
+    ls.add_argument("what", nargs="?", choices=("problems", "methods"), default=None)
+
+    rp = sub.add_parser("report", help="figures and summary of a run")
+    rp.add_argument("run")
+
+    pr = sub.add_parser("predict", help="evaluate a trained run at given points")
+    pr.add_argument("run")
+    pr.add_argument("--points", required=True, help=".npy file with an (N, dim) array")
+    pr.add_argument("--out", help="output .npy file (default RUN/predictions.npy)")
+
+    be = sub.add_parser("bench", help="run a benchmark suite")
+    be.add_argument("suite", help="suite name under benchmarks/suites, a suite .toml, or taylor-speed")
+    be.add_argument("--quick", action="store_true", help="CI-sized smoke run")
+    be.add_argument("--out", help="results directory (default benchmarks/results/<suite>)")
+    be.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _config_from_args(args) -> "RunConfig":
+    from pinnopt.config import RunConfig
+
+    data: dict[str, Any] = {}
+    if args.config:
+        data = RunConfig.from_toml(args.config).to_dict()
+    # Options and hyper-parameters from a config file belong to its problem and method.
+    if args.problem is not None and args.problem != data.get("problem"):
+        data["problem_options"] = {}
+    if args.method is not None and args.method != data.get("method"):
+        data["hparams"] = {}
+    for key in ("problem", "net", "activation", "method", "steps", "time_budget", "seed",
+                "dtype", "eval_ratio", "checkpoint_every"):
+        value = getattr(args, key)
+        if value is not None:
+            data[key] = value
+    options = dict(data.get("problem_options", {}))
+    if args.dim is not None:
+        options["dim"] = args.dim
+    options.update(_key_values(args.problem_opt, "--problem-opt"))
+    data["problem_options"] = options
+    hparams = dict(data.get("hparams", {}))
+    if args.lr is not None:
+        hparams["lr"] = args.lr
+    hparams.update(_key_values(args.opt, "--opt"))
+    data["hparams"] = hparams
+    if args.no_plots:
+        data["plots"] = False
+    return RunConfig.from_dict(data)
+
+
+def cmd_train(args) -> int:
+    from pinnopt import train as training
+
+    progress = not args.no_progress
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in ("config", "problem", "dim", "net", "method",
+                 "lr", "opt", "seed", "dtype", "out") if getattr(args, k) not in (None, [])]
+        if given:
+            raise UsageError(f"--resume continues a run as configured; drop {', '.join(given)}")
+        summary = training.resume(args.resume, steps=args.steps, time_budget=args.time_budget,
+                                  progress=progress)
+    else:
+        config = _config_from_args(args)
+        summary = training.train(config, out=args.out, progress=progress, overwrite=args.overwrite)
+    return EXIT_DIVERGED if summary["status"] == "diverged" else 0
+
+
+def cmd_list(args) -> int:
+    from pinnopt.optim import METHODS
+    from pinnopt.problems import PROBLEMS, problem_options
+
+    if args.what in (None, "problems"):
+        print("problems (options and defaults):")
+        for name in sorted(PROBLEMS):
+            opts = ", ".join(f"{k}={v!r}" for k, v in problem_options(name).items())
+            print(f"  {name:<14} {opts}")
+    if args.what in (None, "methods"):
+        print("methods (hyper-parameters and defaults):")
+        for name in sorted(METHODS):
+            spec = METHODS[name]
+            hp = ", ".join(f"{k}={v!r}" for k, v in spec.hparams.items())
+            print(f"  {name:<14} {spec.summary}\n  {'':<14} {hp}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pinnopt import report
+
+    print(report.describe(args.run))
+    for path in report.plot_run(args.run):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from pinnopt import report
+    from pinnopt.train import load_config
+
+    load_config(args.run)  # a clear error first if RUN is not a run
+    try:
+        points = np.load(args.points, allow_pickle=False)
+    except FileNotFoundError:
+        raise UsageError(f"points file {args.points!r} does not exist") from None
+    except (OSError, ValueError) as err:
+        raise UsageError(f"points file {args.points!r} is not a readable .npy array: {err}") from None
+    values = report.predict(args.run, points)
+    out = Path(args.out) if args.out else Path(args.run) / "predictions.npy"
+    np.save(out, values)
+    print(f"wrote {values.shape} values to {out}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from pinnopt import bench
+
+    bench.run_suite(args.suite, quick=args.quick, out=args.out, progress=not args.no_progress)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "list": cmd_list, "report": cmd_report,
+            "predict": cmd_predict, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pinnopt.checkpoint import CheckpointError
+    from pinnopt.config import ConfigError
+    from pinnopt.train import RunError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            args = parser.parse_args(["train", *(argv or [])])
+        return COMMANDS[args.command](args)
+    except (UsageError, ConfigError, RunError, CheckpointError, ValueError) as err:
+        print(f"pinnopt: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("pinnopt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
