@@ -103,6 +103,8 @@ def machine() -> dict[str, Any]:
         "jax": jax.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # Other processes on a shared machine distort timings: record how busy it was.
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -171,7 +173,8 @@ def write_table(out: Path, description: str, rows: list[dict[str, Any]]) -> None
             cells.append(fmt(r.get(k, "")))
         lines.append("| " + " | ".join(cells) + " |")
     m = json.loads((out / "machine.json").read_text())
-    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}, jax {m['jax']}."]
+    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}, jax {m['jax']}, "
+                  f"load average {m['load_average_1min']:.2f} when the suite started."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
