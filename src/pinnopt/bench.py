@@ -31,7 +31,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pinnopt import train as training
+from pinnopt.train import CHECKPOINT, read_history, resume, train
 from pinnopt.config import ConfigError, RunConfig
 
 SUITES_DIR = Path("benchmarks") / "suites"
@@ -128,10 +128,10 @@ def run_suite(name: str, quick: bool = False, out: str | Path | None = None,
         if summary_path.exists() and json.loads(summary_path.read_text())["status"] != "interrupted":
             summary = json.loads(summary_path.read_text())
             print(f"[{run_name}] done before: kept")
-        elif (run_dir / training.CHECKPOINT).exists():
-            summary = training.resume(run_dir, progress=progress)
+        elif (run_dir / CHECKPOINT).exists():
+            summary = resume(run_dir, progress=progress)
         else:
-            summary = training.train(config, out=run_dir, progress=progress, overwrite=True)
+            summary = train(config, out=run_dir, progress=progress, overwrite=True)
         rows.append(_row(run_name, group, config, summary))
     write_table(out, data.get("description", path.stem), rows)
     plot_groups(out, rows)
@@ -190,7 +190,7 @@ def plot_groups(out: Path, rows: list[dict[str, Any]]) -> None:
     for group, members in groups.items():
         fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
         for r in members:
-            history = training.read_history(out / "runs" / r["name"])
+            history = read_history(out / "runs" / r["name"])
             key = next((k for k in history[0] if k.startswith("rms_")), None) if history else None
             if key is None:
                 continue

@@ -128,7 +128,7 @@ def _config_from_args(args) -> "RunConfig":
 
 
 def cmd_train(args) -> int:
-    from pinnopt import train as training
+    from pinnopt.train import resume, train
 
     progress = not args.no_progress
     if args.resume:
@@ -136,11 +136,11 @@ def cmd_train(args) -> int:
                  "lr", "opt", "seed", "dtype", "out") if getattr(args, k) not in (None, [])]
         if given:
             raise UsageError(f"--resume continues a run as configured; drop {', '.join(given)}")
-        summary = training.resume(args.resume, steps=args.steps, time_budget=args.time_budget,
+        summary = resume(args.resume, steps=args.steps, time_budget=args.time_budget,
                                   progress=progress)
     else:
         config = _config_from_args(args)
-        summary = training.train(config, out=args.out, progress=progress, overwrite=args.overwrite)
+        summary = train(config, out=args.out, progress=progress, overwrite=args.overwrite)
     return EXIT_DIVERGED if summary["status"] == "diverged" else 0
 
 

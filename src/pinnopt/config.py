@@ -100,8 +100,12 @@ class RunConfig:
             raise ConfigError(str(err)) from None
 
     def build_net(self, problem: Problem) -> MLP:
+        """The problem's network: an :class:`MLP` from the net spec, or the problem's own
+        model (``problem.model``, e.g. several networks with an input encoding)."""
         spec = self.net if self.net is not None else problem.default_net
         try:
+            if problem.model is not None:
+                return problem.model(spec, self.activation)
             sizes = parse_net(spec, problem.dim, len(problem.fields), problem.nets)
             return MLP(sizes, self.activation)
         except ValueError as err:

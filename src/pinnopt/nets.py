@@ -104,6 +104,9 @@ class MLP:
     def act(self) -> Activation:
         return ACTIVATIONS[self.activation]
 
+    def describe(self) -> str:
+        return "-".join(map(str, self.sizes))
+
     def init(self, key: jax.Array, dtype=jnp.float64) -> Params:
         params = []
         for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:]):

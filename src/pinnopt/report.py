@@ -9,7 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from pinnopt import train as training
+from pinnopt.train import RunError, build, load_config, load_state, read_history
 
 
 def _pyplot():
@@ -23,9 +23,9 @@ def _pyplot():
 
 def load_run(run_dir: str | Path):
     """The run's setup and its latest parameters."""
-    config = training.load_config(run_dir)
-    setup = training.build(config)
-    state, _ = training.load_state(run_dir)
+    config = load_config(run_dir)
+    setup = build(config)
+    state, _ = load_state(run_dir)
     return setup, state["params"]
 
 
@@ -100,9 +100,9 @@ def plot_fields(setup, params, out_dir: Path, resolution: int = 101) -> list[Pat
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write all figures of a run into ``run_dir/plots``; returns their paths."""
     run_dir = Path(run_dir)
-    history = training.read_history(run_dir)
+    history = read_history(run_dir)
     if not history:
-        raise training.RunError(f"{run_dir} has no history yet")
+        raise RunError(f"{run_dir} has no history yet")
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
     setup, params = load_run(run_dir)
@@ -113,7 +113,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 def describe(run_dir: str | Path) -> str:
     """A text summary of a run: status, final numbers, versions."""
     run_dir = Path(run_dir)
-    config = training.load_config(run_dir)
+    config = load_config(run_dir)
     lines = [f"run {run_dir}: {config.problem} {config.problem_options or ''} with {config.method}"]
     summary_path = run_dir / "summary.json"
     if summary_path.exists():

@@ -123,7 +123,7 @@ def metadata(setup: Setup) -> dict[str, Any]:
         "platform": platform.platform(),
         "git_revision": rev,
         "num_params": setup.net.num_params,
-        "net": list(setup.net.sizes),
+        "net": setup.net.describe(),
         "problem": setup.problem.description,
     }
 
@@ -333,7 +333,7 @@ def train(config: RunConfig, out: str | Path | None = None, progress: bool = Tru
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     (out / "metadata.json").write_text(json.dumps(metadata(trainer.setup), indent=2))
-    log(f"training {config.problem} with {config.method}: net {'-'.join(map(str, trainer.setup.net.sizes))} "
+    log(f"training {config.problem} with {config.method}: net {trainer.setup.net.describe()} "
         f"(D = {trainer.setup.net.num_params}), {config.dtype}, run in {out}")
     summary = trainer.run(trainer.fresh_state(), [])
     _finish(out, config, summary, log)

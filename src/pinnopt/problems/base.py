@@ -24,6 +24,16 @@ class Problem:
     solution used for the error metrics on ``n_eval`` held-out points drawn by
     ``eval_sampler``. ``resample`` redraws the training points every step. ``nets`` maps preset
     names to hidden widths; ``default_net`` is one of them.
+
+    A reference that covers only some fields or points (e.g. measured centre-line data) names
+    the fields it scores in ``reference_fields`` (default: all) and returns NaN where it has no
+    value; errors then use only the finite entries. ``error_groups`` adds errors of several
+    fields taken together, e.g. ``{"velocity": ("u", "v")}``.
+
+    ``model``, when set, replaces the plain MLP: ``model(net_spec, activation)`` returns an
+    object with the MLP's interface (``init(key, dtype)``, ``apply(params, x)``,
+    ``num_params``, ``describe()``), for problems with several networks or input encodings.
+    Methods that need the MLP's layer structure (KFAC) reject such models.
     """
 
     name: str
@@ -38,6 +48,9 @@ class Problem:
     nets: dict[str, tuple[int, ...]] = field(default_factory=lambda: {"small": (64,)})
     default_net: str = "small"
     description: str = ""
+    model: Callable[[str, str], object] | None = None
+    reference_fields: tuple[str, ...] | None = None
+    error_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self):
         if len(self.coords) != self.domain.dim:
@@ -50,6 +63,15 @@ class Problem:
             raise ValueError(f"problem {self.name!r}: residual group names repeat: {names}")
         if self.default_net not in self.nets:
             raise ValueError(f"problem {self.name!r}: default net {self.default_net!r} not a preset")
+        named = set(self.reference_fields or ()).union(*self.error_groups.values())
+        if not named <= set(self.fields):
+            raise ValueError(f"problem {self.name!r}: reference fields {sorted(named - set(self.fields))} "
+                             f"are not among its fields {self.fields}")
+
+    @property
+    def scored_fields(self) -> tuple[str, ...]:
+        """The fields the reference solution covers (errors are reported for these)."""
+        return self.fields if self.reference_fields is None else self.reference_fields
 
     @property
     def dim(self) -> int:
