@@ -113,11 +113,27 @@ class Objective:
         return self.net.apply(params, x.astype(self.dtype))
 
     def errors(self, params: Params, x: jax.Array, reference: jax.Array) -> dict[str, jax.Array]:
-        """RMS absolute error ``sqrt(mean((u−u*)²))`` and relative L2 ``‖u−u*‖/‖u*‖`` per field."""
+        """RMS absolute error ``sqrt(mean((u−u*)²))`` and relative L2 ``‖u−u*‖/‖u*‖`` per field
+        the reference covers (``problem.scored_fields``) and per ``problem.error_groups``.
+
+        Non-finite reference entries mark points where the reference has no value for that
+        field; they are left out of its error.
+        """
         u = self.predict(params, x)
+        index = {f: i for i, f in enumerate(self.problem.fields)}
+
+        def sums(fields):
+            cols = [index[f] for f in fields]
+            known = jnp.isfinite(reference[:, cols])
+            ref = jnp.where(known, reference[:, cols], 0.0)
+            diff = jnp.where(known, u[:, cols] - ref, 0.0)
+            return jnp.sum(diff**2), jnp.sum(ref**2), jnp.sum(known)
+
         out = {}
-        for i, field in enumerate(self.problem.fields):
-            diff = u[:, i] - reference[:, i]
-            out[f"rms_{field}"] = jnp.sqrt(jnp.mean(diff**2))
-            out[f"rel_l2_{field}"] = jnp.linalg.norm(diff) / jnp.linalg.norm(reference[:, i])
+        groups = {f: (f,) for f in self.problem.scored_fields}
+        groups.update(self.problem.error_groups)
+        for name, fields in groups.items():
+            sq_err, sq_ref, count = sums(fields)
+            out[f"rms_{name}"] = jnp.sqrt(sq_err / count)
+            out[f"rel_l2_{name}"] = jnp.sqrt(sq_err / sq_ref)
         return out
