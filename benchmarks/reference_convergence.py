@@ -42,14 +42,18 @@ def norms(e: np.ndarray) -> tuple[float, float, float]:
 
 def order_table(levels: list[int], errors: list[tuple[float, float, float]]) -> list[str]:
     """Markdown rows: level, the three norms, and log2 of successive ratios."""
-    rows = ["| nx | L1 | L2 | L∞ | order L1 | order L2 | order L∞ |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| nx | L1 | L2 | L∞ | order L1 | order L2 | order L∞ |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for i, (n, e) in enumerate(zip(levels, errors)):
         orders = (
             ["–"] * 3
             if i == 0
             else [f"{np.log2(p / c):.2f}" for p, c in zip(errors[i - 1], e)]
         )
-        rows.append(f"| {n} | " + " | ".join(f"{x:.2e}" for x in e) + " | " + " | ".join(orders) + " |")
+        cells = [f"{x:.2e}" for x in e] + orders
+        rows.append(f"| {n} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -148,7 +152,8 @@ def bgk_vs_euler(eps_values: list[float], nx_values: list[int], ref_nx: int) -> 
     ]
 
     def row(label: str, sol) -> str:
-        gaps = [np.mean(np.abs(q[-1] - e)) for q, e in zip((sol.rho, sol.u, sol.T), euler.moments_at(sol.x))]
+        fields = (sol.rho, sol.u, sol.T)
+        gaps = [np.mean(np.abs(q[-1] - e)) for q, e in zip(fields, euler.moments_at(sol.x))]
         return f"| {label} | {sol.x.size} | " + " | ".join(f"{g:.2e}" for g in gaps) + " |"
 
     for nx in nx_values:
@@ -159,10 +164,9 @@ def bgk_vs_euler(eps_values: list[float], nx_values: list[int], ref_nx: int) -> 
 
 def main() -> None:
     start = time.time()
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-        platform.processor(),
-    )
+    with open("/proc/cpuinfo") as cpuinfo:
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    cpu = models[0] if models else platform.processor()
     body: list[str] = []
 
     def run(study, *args) -> None:
