@@ -165,7 +165,8 @@ def bgk_vs_euler(eps_values: list[float], nx_values: list[int], ref_nx: int) -> 
 def main() -> None:
     start = time.time()
     with open("/proc/cpuinfo") as cpuinfo:
-        models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo
+                  if line.startswith("model name")]
     cpu = models[0] if models else platform.processor()
     body: list[str] = []
 
