@@ -6,12 +6,26 @@ import inspect
 from typing import Callable
 
 from pinnopt.problems.base import Problem
+from pinnopt.problems.cavity import cavity
+from pinnopt.problems.composite_heat import composite_heat
+from pinnopt.problems.convection import convection
+from pinnopt.problems.convection_diffusion import convection_diffusion
 from pinnopt.problems.heat import heat
+from pinnopt.problems.helmholtz import helmholtz
+from pinnopt.problems.klein_gordon import klein_gordon
 from pinnopt.problems.poisson import poisson
+from pinnopt.problems.stokes import stokes
 
 PROBLEMS: dict[str, Callable[..., Problem]] = {
     "poisson": poisson,
     "heat": heat,
+    "helmholtz": helmholtz,
+    "klein_gordon": klein_gordon,
+    "convection": convection,
+    "convection_diffusion": convection_diffusion,
+    "composite_heat": composite_heat,
+    "stokes": stokes,
+    "cavity": cavity,
 }
 
 
@@ -42,4 +56,5 @@ def make_problem(name: str, **options) -> Problem:
 
 
 __all__ = ["PROBLEMS", "Problem", "make_problem", "problem_options", "register_problem",
-           "poisson", "heat"]
+           "poisson", "heat", "helmholtz", "klein_gordon", "convection",
+           "convection_diffusion", "composite_heat", "stokes", "cavity"]
