@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dtype", help="float64 (default) or float32")
     tr.add_argument("--eval-ratio", type=float, help="geometric evaluation schedule factor (1.1)")
     tr.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints (30)")
+    tr.add_argument("--on-divergence", choices=("retry", "stop"),
+                    help="after NaN/Inf: retry the step with safer settings (default) or stop")
     tr.add_argument("--out", help="run directory (default runs/<problem>-<method>-seed<seed>)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     tr.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint")
@@ -108,7 +110,7 @@ def _config_from_args(args) -> "RunConfig":
     if args.method is not None and args.method != data.get("method"):
         data["hparams"] = {}
     for key in ("problem", "net", "activation", "method", "steps", "time_budget", "seed",
-                "dtype", "eval_ratio", "checkpoint_every"):
+                "dtype", "eval_ratio", "checkpoint_every", "on_divergence"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value

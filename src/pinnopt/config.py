@@ -34,6 +34,8 @@ class RunConfig:
     ``time_budget`` seconds of training time (evaluation excluded), whichever comes first.
     Evaluations happen at steps 0, 1 and then every time the step grows by ``eval_ratio``;
     checkpoints at evaluations at least ``checkpoint_every`` seconds apart, and at the end.
+    A step that produces NaN or Inf is rolled back; with ``on_divergence = "retry"`` it is
+    redone with the method's safer settings (up to ``max_retries`` times), else the run stops.
     """
 
     problem: str = "poisson"
@@ -49,6 +51,8 @@ class RunConfig:
     eval_ratio: float = 1.1
     checkpoint_every: float = 30.0
     plots: bool = True
+    on_divergence: str = "retry"
+    max_retries: int = 3
 
     def __post_init__(self):
         self.validate()
@@ -87,6 +91,9 @@ class RunConfig:
         _check_number("checkpoint_every", self.checkpoint_every)
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every={self.checkpoint_every!r} must be >= 0 seconds")
+        if self.on_divergence not in ("retry", "stop"):
+            raise ConfigError(f"on_divergence={self.on_divergence!r} must be 'retry' or 'stop'")
+        _check_int("max_retries", self.max_retries, minimum=0)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is unknown; choose from {', '.join(DTYPES)}")
         if self.net is not None and not isinstance(self.net, str):

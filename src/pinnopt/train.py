@@ -35,7 +35,7 @@ import numpy as np
 from pinnopt import checkpoint
 from pinnopt.config import ConfigError, RunConfig
 from pinnopt.nets import MLP, Params
-from pinnopt.optim import Method, make_method
+from pinnopt.optim import METHODS, Method, make_method
 from pinnopt.problems import Problem
 from pinnopt.residuals import Batch, Objective
 
@@ -74,8 +74,52 @@ def build(config: RunConfig) -> Setup:
         method = make_method(config.method, objective, **config.hparams)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    check_problem(problem, objective)
     x = problem.eval_points().astype(dtype)
     return Setup(config, problem, net, objective, method, x, problem.reference(x).astype(dtype))
+
+
+def check_problem(problem: Problem, objective: Objective) -> None:
+    """Catch a broken problem definition at load, with a clear message: samplers must give
+    ``(n, dim)`` points inside the domain, residuals ``(n, c)`` finite values, and the
+    reference ``(n, fields)`` finite values."""
+    key = jax.random.PRNGKey(0)
+    params = objective.net.init(key, objective.dtype)
+    n = 4
+    for group in problem.groups:
+        try:
+            x = jnp.asarray(group.sampler(key, n))
+        except Exception as err:  # a user's sampler: report whatever it raised
+            raise ConfigError(f"problem {problem.name!r}: sampler of group {group.name!r} "
+                              f"failed: {err}") from None
+        if x.shape != (n, problem.dim):
+            raise ConfigError(f"problem {problem.name!r}: sampler of group {group.name!r} gave "
+                              f"points of shape {x.shape}, expected ({n}, {problem.dim})")
+        if not bool(jnp.all(problem.domain.contains(x, tol=1e-9))):
+            raise ConfigError(f"problem {problem.name!r}: group {group.name!r} has points "
+                              f"outside the domain {problem.domain.lo}..{problem.domain.hi}")
+        try:
+            r = group.residual(objective.net, params, x.astype(objective.dtype))
+        except Exception as err:
+            raise ConfigError(f"problem {problem.name!r}: residual of group {group.name!r} "
+                              f"failed on {n} points: {type(err).__name__}: {err}") from None
+        if r.ndim != 2 or r.shape[0] != n:
+            raise ConfigError(f"problem {problem.name!r}: residual of group {group.name!r} has "
+                              f"shape {r.shape}, expected ({n}, components)")
+        if not bool(jnp.all(jnp.isfinite(r))):
+            raise ConfigError(f"problem {problem.name!r}: residual of group {group.name!r} is "
+                              f"not finite at initialisation")
+    if problem.solution is None:
+        raise ConfigError(f"problem {problem.name!r} has no reference solution to report "
+                          f"errors against")
+    x = problem.eval_points()[:n]
+    try:
+        ref = jnp.asarray(problem.solution(x))
+    except Exception as err:
+        raise ConfigError(f"problem {problem.name!r}: reference solution failed: {err}") from None
+    if ref.size != n * len(problem.fields) and ref.shape[0] != n:
+        raise ConfigError(f"problem {problem.name!r}: reference solution has shape {ref.shape}, "
+                          f"expected ({n}, {len(problem.fields)})")
 
 
 def next_eval_step(step: int, ratio: float) -> int:
@@ -97,6 +141,14 @@ def step_keys(seed: int, step: int) -> tuple[jax.Array, jax.Array]:
 def _all_finite(tree) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def _any_nan(tree) -> jax.Array:
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact)]
+    if not leaves:
+        return jnp.asarray(False)
+    return jnp.any(jnp.stack([jnp.any(jnp.isnan(leaf)) for leaf in leaves]))
 
 
 def _scalars(d: dict[str, Any]) -> dict[str, float]:
@@ -165,10 +217,17 @@ class Trainer:
         cfg, setup = self.config, self.setup
         objective, method = setup.objective, setup.method
 
-        def guarded_step(params, mstate, batch, key):
-            new_params, new_state, info = method.step(params, mstate, batch, key)
-            ok = jnp.isfinite(info["loss"]) & _all_finite(new_params)
-            return new_params, new_state, info, ok
+        def compile_step(method: Method):
+            def guarded_step(params, mstate, batch, key):
+                new_params, new_state, info = method.step(params, mstate, batch, key)
+                # NaN anywhere in the new state (Gramians, Kronecker factors, moments) or a
+                # non-finite loss or parameter means this step failed. (Inf is allowed in the
+                # state: optax's line search uses it as an initial sentinel.)
+                ok = jnp.isfinite(info["loss"]) & _all_finite(new_params) & ~_any_nan(new_state)
+                return new_params, new_state, info, ok
+
+            return jax.jit(guarded_step).lower(
+                state["params"], state["method_state"], batch0, key0).compile()
 
         def evaluate(params, batch):
             out = {"loss": objective.loss(params, batch)}
@@ -178,8 +237,7 @@ class Trainer:
 
         batch0 = self.batch(state["step"])
         key0 = step_keys(cfg.seed, state["step"])[1]
-        compiled = jax.jit(guarded_step).lower(
-            state["params"], state["method_state"], batch0, key0).compile()
+        compiled = compile_step(method)
         eval_fn = jax.jit(evaluate)
 
         params, mstate = state["params"], state["method_state"]
@@ -187,6 +245,7 @@ class Trainer:
         last_info: dict[str, float] = {}
         last_ckpt = time.monotonic()
         status, message = "completed", ""
+        retries = 0
         bar = self._bar(step)
         self._install_signal_handlers()
         try:
@@ -220,9 +279,25 @@ class Trainer:
                 ok = bool(ok)
                 train_time += time.perf_counter() - t0
                 if not ok:
+                    safer = self._safer_hparams() if retries < cfg.max_retries else None
+                    if cfg.on_divergence == "retry" and safer is not None:
+                        # Roll back (the failed step's results are dropped) and redo the step
+                        # with safer settings; they become part of the run's configuration.
+                        retries += 1
+                        current = {**METHODS[cfg.method].hparams, **cfg.hparams}
+                        changed = ", ".join(f"{k}={v!r}" for k, v in safer.items()
+                                            if v != current.get(k))
+                        self.log(f"warning: non-finite values in step {step}; rolled back and "
+                                 f"retrying with {changed} (retry {retries} of {cfg.max_retries})")
+                        cfg.hparams = safer
+                        method = self.setup.method = make_method(cfg.method, objective, **safer)
+                        compiled = compile_step(method)
+                        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+                        continue
                     status = "diverged"
                     message = (
-                        f"non-finite loss or parameters in step {step} ({cfg.method}); "
+                        f"non-finite loss or parameters in step {step} ({cfg.method}"
+                        f"{f', after {retries} retries with safer settings' if retries else ''}); "
                         f"the last good state (step {step}) is kept in {self.out / CHECKPOINT}"
                     )
                     break
@@ -239,6 +314,13 @@ class Trainer:
         return self._summary(status, message, step, train_time, history)
 
     # -- helpers -------------------------------------------------------------------------
+    def _safer_hparams(self) -> dict[str, Any] | None:
+        """The method's safer settings after a divergence (more damping, a smaller step)."""
+        spec = METHODS[self.config.method]
+        if spec.safer is None:
+            return None
+        return spec.safer({**spec.hparams, **self.config.hparams})
+
     def _bar(self, step: int):
         if not self.progress:
             return None
@@ -250,7 +332,7 @@ class Trainer:
 
     def _postfix(self, row: dict[str, Any]) -> dict[str, str]:
         out = {"loss": f"{row['loss']:.2e}"}
-        for f in self.setup.problem.fields[:2]:
+        for f in self.setup.problem.scored_fields[:2]:
             out[f"rms_{f}"] = f"{row[f'rms_{f}']:.2e}"
         return out
 

@@ -36,6 +36,19 @@ class MethodSpec:
     hparams: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    safer: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None
+    """After a divergence: the full hyper-parameters with a safer setting (more damping, a
+    smaller step), or ``None`` when nothing safer exists. Used by the trainer's retry."""
+
+
+def halve(key: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A ``safer`` rule: halve one hyper-parameter (a learning rate)."""
+    return lambda hp: {**hp, key: hp[key] / 2}
+
+
+def more_damping(key: str = "damping", factor: float = 10.0, floor: float = 1e-10):
+    """A ``safer`` rule: multiply the damping (at least up to ``floor``)."""
+    return lambda hp: {**hp, key: max(hp[key] * factor, floor)}
 
 
 METHODS: dict[str, MethodSpec] = {}

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pinnopt.optim.base import Method, MethodSpec, register
+from pinnopt.optim.base import Method, MethodSpec, halve, register
 from pinnopt.residuals import Objective
 
 SCHEDULES = ("constant", "exponential", "cosine")
@@ -106,12 +106,14 @@ register(MethodSpec(
     {"lr": 1e-3, "momentum": 0.9, "nesterov": False, **_SCHEDULE_HPARAMS},
     "stochastic gradient descent with (heavy-ball) momentum",
     {"schedule": SCHEDULES},
+    safer=halve("lr"),
 ))
 register(MethodSpec(
     "adam", adam,
     {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, **_SCHEDULE_HPARAMS},
     "Adam",
     {"schedule": SCHEDULES},
+    safer=halve("lr"),
 ))
 register(MethodSpec(
     "lbfgs", lbfgs,
