@@ -1,0 +1,346 @@
+"""Multi-task training: task losses on the residual structure, per-task gradients, aggregation.
+
+The loss ``L(θ) = Σ_g w_g/(2N_g) ‖r_g(θ)‖²`` (METHODS.md §1) is split into ``m`` task losses by
+a partition of the residual points (METHODS.md §7):
+
+    L_i(θ) = Σ_g  w_g/(2N_g) · Σ_{n ∈ task i} ‖r_{g,n}(θ)‖²,        Σ_i L_i = L.
+
+The residuals come from ONE batched forward pass (``Objective.group_residuals``); each point's
+squared residual is then summed into its task (a segment sum over point task indices, which
+depend on the points only, never on ``θ``). The task gradients ``G = ∂(L_1..L_m)/∂θ`` (m, D)
+are the rows of the Jacobian of that vector, taken by ``jax.jacrev`` on the flattened
+parameters: one forward pass and one vmapped backward pass over the ``m`` unit cotangents.
+A gradient-conflict aggregator (:mod:`pinnopt.optim.aggregators`) turns ``G`` into one
+update direction, which an optax optimiser (Adam by default) applies as if it were the gradient.
+
+Task splits (hyper-parameter ``tasks``; ``m`` is fixed when the method is built):
+
+    groups              one task per residual group
+    roles               one task per role present (pde, boundary, initial, ...)
+    eps-decades         one task per decade of the point coordinate "eps" between the problem's
+                        ε_min and ε_max: task = floor(log10 ε) − floor(log10 ε_min), clipped
+    eps-values          one task per distinct sampled ε value (stratified sampling): points go
+                        to the nearest value in log10 ε
+    groups+eps-decades  the product of the two partitions (group-major), likewise
+    groups+eps-values
+
+A task with no point in a batch has loss 0 and gradient 0; the aggregators ignore zero rows.
+
+Each aggregator is a registered method: ``sum``, ``pcgrad``, ``mgda``, ``config``, ``mconfig``,
+``hrgrad`` (``pinnopt train --method hrgrad --opt tasks=eps-decades --opt kappa=0.5``).
+``mconfig`` back-propagates only its round-robin task (one backward pass per step); its
+conflict diagnostics are those of the per-task momenta it aggregates.
+
+Diagnostics in ``info`` (logged as ``method_<key>``): ``cos_min``, ``cos_mean`` and
+``conflict_fraction`` over pairs of task gradients, ``update_cos_min`` (the smallest cosine
+between the update and a task gradient), per task ``task_loss_<label>`` and
+``task_rate_<label>`` (relative decrease ``(L_i^prev − L_i)/L_i^prev`` since the previous
+step, 0 on the first step), and the aggregator's own scalars.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from pinnopt.optim import aggregators
+from pinnopt.optim.base import Method, MethodSpec, register
+from pinnopt.optim.first_order import SCHEDULES, learning_rate_schedule
+from pinnopt.residuals import Batch, Objective
+
+TASK_SPLITS = ("groups", "roles", "eps-decades", "eps-values",
+               "groups+eps-decades", "groups+eps-values")
+OPTIMIZERS = ("adam", "sgd")
+EPS_COORD = "eps"
+# A point at a decade boundary 10^k belongs to the decade that starts there, despite round-off
+# in log10.
+_LOG_TOL = 1e-9
+# eps-values read the distinct values off a sample of the training points; more than this
+# many means ε is not drawn from a small set.
+_MAX_EPS_VALUES = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Task partitions
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    """A partition of the residual points into ``m`` tasks.
+
+    ``assign(batch)`` gives each group's points their task index, ``{group: (N_g,) int}``;
+    ``labels`` names the tasks (used in the logged keys).
+    """
+
+    kind: str
+    labels: tuple[str, ...]
+    group_offsets: dict[str, int]
+    group_stride: int
+    eps_index: int | None = None
+    decade_lo: int = 0
+    eps_logs: tuple[float, ...] = ()
+
+    @property
+    def m(self) -> int:
+        return len(self.labels)
+
+    def _eps_task(self, points: jax.Array) -> jax.Array:
+        if self.eps_index is None:
+            return jnp.zeros(points.shape[0], jnp.int32)
+        log_eps = jnp.log10(points[:, self.eps_index])
+        if self.eps_logs:
+            centres = jnp.asarray(self.eps_logs, points.dtype)
+            return jnp.argmin(jnp.abs(log_eps[:, None] - centres[None, :]), axis=1).astype(jnp.int32)
+        decade = jnp.floor(log_eps + _LOG_TOL).astype(jnp.int32) - self.decade_lo
+        return jnp.clip(decade, 0, self.group_stride - 1)
+
+    def assign(self, batch: Batch) -> dict[str, jax.Array]:
+        return {name: self.group_offsets[name] + self._eps_task(points)
+                for name, points in batch.items() if name in self.group_offsets}
+
+
+def _eps_index(problem) -> int:
+    coords = tuple(problem.coords)
+    if EPS_COORD not in coords:
+        raise ValueError(
+            f"problem {problem.name!r} has no {EPS_COORD!r} coordinate (coordinates: "
+            f"{', '.join(coords)}); ε task splits need one, use tasks=groups or tasks=roles")
+    return coords.index(EPS_COORD)
+
+
+def _decades(problem, index: int) -> tuple[int, tuple[str, ...]]:
+    """First decade exponent and the labels of the decades covering [ε_min, ε_max]."""
+    eps_min, eps_max = float(problem.domain.lo[index]), float(problem.domain.hi[index])
+    if not eps_min > 0:
+        raise ValueError(f"problem {problem.name!r}: ε must be positive for ε tasks, "
+                         f"its range starts at {eps_min}")
+    lo = math.floor(math.log10(eps_min) + _LOG_TOL)
+    hi = math.ceil(math.log10(eps_max) - _LOG_TOL)
+    return lo, tuple(f"eps1e{k}" for k in range(lo, max(hi, lo + 1)))
+
+
+def _sampled_eps_values(objective: Objective, index: int) -> tuple[float, ...]:
+    """The distinct ε values of a sample of the training points (stratified sampling)."""
+    batch = objective.sample(jax.random.PRNGKey(0))
+    sampled = np.concatenate([np.asarray(p)[:, index] for p in batch.values()])
+    values = np.unique(sampled)
+    # Stratified: few values, each drawn repeatedly.
+    if values.size > min(_MAX_EPS_VALUES, sampled.size // 2) or not np.all(values > 0):
+        raise ValueError(
+            f"tasks=eps-values needs ε drawn from a few fixed positive values (stratified "
+            f"sampling); problem {objective.problem.name!r} drew {values.size} distinct values, "
+            f"use tasks=eps-decades")
+    return tuple(float(v) for v in values)
+
+
+def make_task_split(objective: Objective, kind: str) -> TaskSplit:
+    """The partition ``kind`` (one of :data:`TASK_SPLITS`) for ``objective``'s problem."""
+    if kind not in TASK_SPLITS:
+        raise ValueError(f"tasks={kind!r} is unknown; choose from {', '.join(TASK_SPLITS)}")
+    groups = objective.groups
+    if kind == "groups":
+        return TaskSplit(kind, tuple(g.name for g in groups),
+                         {g.name: i for i, g in enumerate(groups)}, 1)
+    if kind == "roles":
+        roles = tuple(dict.fromkeys(g.role for g in groups))
+        return TaskSplit(kind, roles, {g.name: roles.index(g.role) for g in groups}, 1)
+
+    problem = objective.problem
+    index = _eps_index(problem)
+    if kind.endswith("eps-decades"):
+        decade_lo, eps_labels = _decades(problem, index)
+        values: tuple[float, ...] = ()
+    else:
+        values = _sampled_eps_values(objective, index)
+        decade_lo, eps_labels = 0, tuple(f"eps{v:.3g}" for v in values)
+    logs = tuple(math.log10(v) for v in values)
+    stride = len(eps_labels)
+    if kind.startswith("groups+"):
+        labels = tuple(f"{g.name}_{e}" for g in groups for e in eps_labels)
+        offsets = {g.name: i * stride for i, g in enumerate(groups)}
+    else:
+        labels, offsets = eps_labels, {g.name: 0 for g in groups}
+    return TaskSplit(kind, labels, offsets, stride, index, decade_lo, logs)
+
+
+def task_losses(objective: Objective, split: TaskSplit, params, batch: Batch) -> jax.Array:
+    """The ``(m,)`` task losses ``L_i`` from one evaluation of the residuals; ``Σ_i L_i = L``."""
+    residuals = objective.group_residuals(params, batch)
+    scales = objective.scales(batch)
+    tasks = split.assign(batch)
+    total = jnp.zeros(split.m, objective.dtype)
+    for name, r in residuals.items():
+        point_losses = 0.5 * scales[name] ** 2 * jnp.sum(r**2, axis=1)
+        total = total + jax.ops.segment_sum(point_losses, tasks[name], num_segments=split.m)
+    return total
+
+
+def task_gradients(objective: Objective, split: TaskSplit, params, batch: Batch):
+    """``(losses (m,), grads (m, D), unravel)``: one forward and one vmapped backward pass."""
+    flat, unravel = ravel_pytree(params)
+
+    def losses(theta):
+        values = task_losses(objective, split, unravel(theta), batch)
+        return values, values
+
+    grads, values = jax.jacrev(losses, has_aux=True)(flat)
+    return values, grads, unravel
+
+
+# ---------------------------------------------------------------------------------------------
+# The method
+
+
+class MultitaskState(NamedTuple):
+    """``optimizer``: the optax state; ``aggregator``: the aggregator's state (``()`` unless
+    stateful); ``previous_losses`` (m,): the task losses of the previous step (0 before the first)."""
+
+    optimizer: Any
+    aggregator: Any
+    previous_losses: jax.Array
+
+
+def _optimizer(name: str, lr, schedule, decay_rate, decay_steps, b1, b2, eps, momentum):
+    sched = learning_rate_schedule(lr, schedule, decay_rate, decay_steps)
+    if name == "adam":
+        return optax.adam(sched, b1=b1, b2=b2, eps=eps)
+    if name == "sgd":
+        if momentum < 0:
+            raise ValueError(f"momentum must be non-negative, got {momentum}")
+        return optax.sgd(sched, momentum=momentum if momentum > 0 else None)
+    raise ValueError(f"optimizer={name!r} is unknown; choose from {', '.join(OPTIMIZERS)}")
+
+
+def _cosines(grads: jax.Array, update: jax.Array) -> jax.Array:
+    """Smallest cosine between ``update`` and a nonzero task gradient (1 if there is none)."""
+    units, active = aggregators.unit_rows(grads)
+    norm = jnp.linalg.norm(update)
+    cos = units @ update / jnp.where(norm > 0, norm, 1.0)
+    return jnp.min(jnp.where(active, cos, 1.0))
+
+
+def multitask_method(objective: Objective, aggregator: str, tasks: str, optimizer: str,
+                     lr: float, schedule: str, decay_rate: float, decay_steps: int,
+                     b1: float, b2: float, eps: float, momentum: float,
+                     aggregator_hparams: dict[str, Any] | None = None) -> Method:
+    """Aggregator ``aggregator`` over the task split ``tasks``, feeding optax ``optimizer``
+    (``lr`` ... ``momentum`` configure the optimiser; ``aggregator_hparams`` are passed to the
+    aggregator, e.g. ``{"kappa": 0.5}`` for ``hrgrad``)."""
+    aggregator_hparams = dict(aggregator_hparams or {})
+    if aggregator not in aggregators.AGGREGATORS:
+        raise ValueError(f"unknown aggregator {aggregator!r}; choose from "
+                         f"{', '.join(aggregators.AGGREGATORS)}")
+    split = make_task_split(objective, tasks)
+    if aggregator == "hrgrad":
+        if not 0 <= aggregator_hparams["kappa"] <= 1:
+            raise ValueError(f"hrgrad: kappa must be in [0, 1], got {aggregator_hparams['kappa']}")
+        if aggregator_hparams["max_halvings"] < 0:
+            raise ValueError(f"hrgrad: max_halvings must be >= 0, got "
+                             f"{aggregator_hparams['max_halvings']}")
+    if aggregator == "mconfig":
+        for key in ("beta1", "beta2"):
+            if not 0 <= aggregator_hparams[key] < 1:
+                raise ValueError(f"mconfig: {key} must be in [0, 1), got {aggregator_hparams[key]}")
+    transform = _optimizer(optimizer, lr, schedule, decay_rate, decay_steps, b1, b2, eps, momentum)
+    aggregate = aggregators.AGGREGATORS[aggregator]
+    m = split.m
+    dtype = objective.dtype
+
+    def init(params):
+        flat, _ = ravel_pytree(params)
+        return MultitaskState(
+            transform.init(params),
+            aggregators.init_state(aggregator, m, flat.size, flat.dtype),
+            jnp.zeros(m, dtype),
+        )
+
+    def gradients(params, state, batch):
+        if aggregator != "mconfig":
+            return task_gradients(objective, split, params, batch)
+        # M-ConFIG refreshes one task per step: back-propagate only that task.
+        flat, unravel = ravel_pytree(params)
+        values, pullback = jax.vjp(
+            lambda theta: task_losses(objective, split, unravel(theta), batch), flat)
+        task = aggregators.mconfig_next_task(state.aggregator)
+        (grad,) = pullback(jax.nn.one_hot(task, m, dtype=values.dtype))
+        return values, grad, unravel
+
+    def step(params, state, batch, key):
+        losses, grads, unravel = gradients(params, state, batch)
+        if aggregator == "mconfig":
+            # One task's gradient (D,), not the registry's (m, D) convention.
+            update, agg_state, agg_info = aggregators.mconfig_update(
+                grads, state.aggregator, **aggregator_hparams)
+            # The aggregated vectors are the bias-corrected momenta: report their conflict.
+            counts = agg_state.task_counts.astype(dtype)
+            grads = agg_state.momenta / jnp.where(
+                counts > 0, 1.0 - aggregator_hparams["beta1"] ** counts, 1.0)[:, None]
+        else:
+            update, agg_state, agg_info = aggregate(
+                grads, state.aggregator, key, **aggregator_hparams)
+        updates, opt_state = transform.update(unravel(update), state.optimizer, params)
+        previous = state.previous_losses
+        rates = jnp.where(previous > 0, (previous - losses) / jnp.where(previous > 0, previous, 1.0), 0.0)
+        info = {"loss": jnp.sum(losses), **aggregators.conflict_stats(grads),
+                "update_cos_min": _cosines(grads, update)}
+        info.update({k: jnp.asarray(v, dtype) for k, v in agg_info.items()})
+        for label, loss_i, rate_i in zip(split.labels, losses, rates):
+            info[f"task_loss_{label}"] = loss_i
+            info[f"task_rate_{label}"] = rate_i
+        new_state = MultitaskState(opt_state, agg_state, losses)
+        return optax.apply_updates(params, updates), new_state, info
+
+    return Method(init, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration: one method per aggregator
+
+
+_COMMON = {
+    "tasks": "groups", "optimizer": "adam", "lr": 1e-3,
+    "schedule": "constant", "decay_rate": 0.96, "decay_steps": 1000,
+    "b1": 0.9, "b2": 0.999, "eps": 1e-8, "momentum": 0.0,
+}
+_CHOICES = {"tasks": TASK_SPLITS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+_AGGREGATOR_HPARAMS = {
+    "sum": {},
+    "pcgrad": {},
+    "mgda": {},
+    "config": {},
+    # M-ConFIG's default update is already Adam-scaled (normalise): apply it with plain SGD.
+    "mconfig": {"optimizer": "sgd", "beta1": 0.9, "beta2": 0.999, "normalise": True},
+    "hrgrad": {"kappa": 0.5, "max_halvings": 4},
+}
+_SUMMARIES = {
+    "sum": "multi-task: plain sum of the task gradients",
+    "pcgrad": "multi-task: PCGrad (project away conflicting components)",
+    "mgda": "multi-task: MGDA (min-norm point of the task gradients' hull)",
+    "config": "multi-task: ConFIG (equal cosine to every task gradient)",
+    "mconfig": "multi-task: momentum ConFIG (one task's gradient per step)",
+    "hrgrad": "multi-task: HRGrad as reconstructed in METHODS.md §7 (rotated ConFIG)",
+}
+# Hyper-parameters that belong to the optimiser or the split, not to the aggregator call.
+_METHOD_KEYS = frozenset(_COMMON)
+
+
+def _factory(aggregator: str):
+    def build(objective: Objective, **hparams) -> Method:
+        common = {k: hparams.pop(k) for k in _METHOD_KEYS}
+        if aggregator == "mconfig":
+            hparams["eps"] = common["eps"]  # the ε of its Adam-style denominator
+        return multitask_method(objective, aggregator, **common, aggregator_hparams=hparams)
+
+    build.__name__ = f"{aggregator}_method"
+    return build
+
+
+for _name, _extra in _AGGREGATOR_HPARAMS.items():
+    register(MethodSpec(_name, _factory(_name), {**_COMMON, **_extra}, _SUMMARIES[_name], _CHOICES))

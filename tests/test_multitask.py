@@ -1,0 +1,281 @@
+"""Multi-task training (pinnopt.optim.multitask): task losses, task gradients, ε splits, methods.
+
+A toy problem with an "eps" coordinate keeps compilation cheap: ``u(x, ε)`` with
+``∂_x u = cos x`` inside and ``u = 0`` at ``x = 0``, ε ∈ [1e-4, 1] drawn log-uniformly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from jax.flatten_util import ravel_pytree
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import pinnopt  # noqa: F401  (float64)
+from pinnopt import checkpoint
+from pinnopt.config import ConfigError, RunConfig
+from pinnopt.geometry import Box
+from pinnopt.nets import MLP
+from pinnopt.optim import METHODS, make_method
+from pinnopt.optim import multitask as mt
+from pinnopt.problems import PROBLEMS, Problem, make_problem, register_problem
+from pinnopt.residuals import Objective, ResidualGroup
+from pinnopt.taylor import Derivatives
+from pinnopt.train import read_history, resume, train
+
+TOY = "multitask-toy"
+EPS_MIN = 1e-4
+AGGREGATOR_METHODS = ("sum", "pcgrad", "mgda", "config", "mconfig", "hrgrad")
+
+
+def log_uniform_eps(key, n):
+    return 10.0 ** jax.random.uniform(key, (n,), minval=math.log10(EPS_MIN), maxval=0.0)
+
+
+def toy_problem(n_interior: int = 24, n_boundary: int = 8, eps_values: str = "") -> Problem:
+    """``∂_x u = cos x`` on x ∈ [0, 1], ``u(0) = 0``, with a passive coordinate ε.
+
+    ``eps_values``: comma-separated fixed ε values (stratified sampling) instead of log-uniform.
+    """
+    box = Box((0.0, EPS_MIN), (1.0, 1.0))
+    if eps_values:
+        values = jnp.asarray([float(v) for v in eps_values.split(",")])
+
+        def draw_eps(key, n):
+            return values[jnp.arange(n) % values.size]
+    else:
+        draw_eps = log_uniform_eps
+
+    def interior(key, n):
+        kx, ke = jax.random.split(key)
+        return jnp.stack([jax.random.uniform(kx, (n,)), draw_eps(ke, n)], axis=1)
+
+    def boundary(key, n):
+        return jnp.stack([jnp.zeros(n), draw_eps(key, n)], axis=1)
+
+    groups = (
+        ResidualGroup("interior", interior, n_interior,
+                      lambda x, u: u.grad[0, 0] - jnp.cos(x[0]),
+                      Derivatives(directions=((1.0, 0.0),)), role="pde"),
+        ResidualGroup("boundary", boundary, n_boundary, lambda x, u: u.value[0],
+                      weight=10.0, role="boundary"),
+    )
+    return Problem(TOY, box, ("x", "eps"), ("u",), groups,
+                   solution=lambda x: jnp.sin(x[:, :1]), n_eval=64, resample=True,
+                   nets={"small": (6,)})
+
+
+@pytest.fixture(scope="module")
+def registered_toy():
+    register_problem(TOY, toy_problem)
+    yield TOY
+    PROBLEMS.pop(TOY, None)
+
+
+def toy_objective(**options):
+    problem = toy_problem(**options)
+    return Objective(problem, MLP((2, 6, 1)))
+
+
+def setup(seed=0, **options):
+    objective = toy_objective(**options)
+    params = objective.net.init(jax.random.PRNGKey(seed))
+    batch = objective.sample(jax.random.PRNGKey(seed + 1))
+    return objective, params, batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Task losses and gradients
+
+
+@pytest.mark.parametrize("tasks", ["groups", "roles", "eps-decades", "groups+eps-decades"])
+def test_task_losses_partition_the_loss(tasks):
+    objective, params, batch = setup()
+    split = mt.make_task_split(objective, tasks)
+    losses = jax.jit(lambda p, b: mt.task_losses(objective, split, p, b))(params, batch)
+    assert losses.shape == (split.m,)
+    assert split.m == {"groups": 2, "roles": 2, "eps-decades": 4, "groups+eps-decades": 8}[tasks]
+    np.testing.assert_allclose(float(jnp.sum(losses)), float(objective.loss(params, batch)),
+                               rtol=1e-13)
+    if tasks == "groups":
+        groups = objective.group_losses(params, batch)
+        np.testing.assert_allclose(np.asarray(losses),
+                                   [float(groups["interior"]), float(groups["boundary"])],
+                                   rtol=1e-13)
+
+
+def test_task_gradients_equal_separate_gradients_of_each_task_loss():
+    objective, params, batch = setup()
+    split = mt.make_task_split(objective, "groups+eps-decades")
+    losses, grads = jax.jit(
+        lambda p, b: mt.task_gradients(objective, split, p, b)[:2])(params, batch)
+    flat, _ = ravel_pytree(params)
+    assert grads.shape == (split.m, flat.size)
+
+    @jax.jit
+    def separate_gradient(p, b, i):  # one task loss, differentiated on its own
+        return ravel_pytree(jax.grad(lambda q: mt.task_losses(objective, split, q, b)[i])(p))[0]
+
+    for i in range(split.m):
+        np.testing.assert_allclose(np.asarray(grads[i]),
+                                   np.asarray(separate_gradient(params, batch, i)),
+                                   rtol=1e-12, atol=1e-15)
+    total = jax.jit(lambda p, b: ravel_pytree(jax.grad(objective.loss)(p, b))[0])(params, batch)
+    np.testing.assert_allclose(np.asarray(jnp.sum(grads, axis=0)), np.asarray(total),
+                               rtol=1e-12, atol=1e-15)
+
+
+def test_empty_task_has_zero_loss_and_gradient():
+    objective, params, batch = setup()
+    batch = {name: points.at[:, 1].set(0.5) for name, points in batch.items()}  # all in [0.1, 1)
+    split = mt.make_task_split(objective, "eps-decades")
+    losses, grads = jax.jit(
+        lambda p, b: mt.task_gradients(objective, split, p, b)[:2])(params, batch)
+    assert np.all(np.asarray(losses[:3]) == 0) and np.all(np.asarray(grads[:3]) == 0)
+    assert float(losses[3]) > 0
+
+
+def test_eps_decades_assign_points_to_their_decade():
+    objective = toy_objective()
+    split = mt.make_task_split(objective, "eps-decades")
+    assert split.labels == ("eps1e-4", "eps1e-3", "eps1e-2", "eps1e-1")
+    eps = jnp.asarray([1e-4, 2e-4, 9.99e-4, 1e-3, 5e-3, 1e-2, 0.05, 0.1, 0.7, 1.0, 1e-5])
+    expected = [0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 0]  # ε = 1 and values outside the range clip
+    batch = {"interior": jnp.stack([jnp.full(eps.size, 0.3), eps], axis=1),
+             "boundary": jnp.stack([jnp.zeros(2), jnp.asarray([3e-2, 1e-4])], axis=1)}
+    tasks = split.assign(batch)
+    assert np.asarray(tasks["interior"]).tolist() == expected
+    assert np.asarray(tasks["boundary"]).tolist() == [2, 0]
+    combined = mt.make_task_split(objective, "groups+eps-decades").assign(batch)
+    assert np.asarray(combined["interior"]).tolist() == expected
+    assert np.asarray(combined["boundary"]).tolist() == [4 + 2, 4 + 0]
+
+
+def test_eps_values_are_read_from_stratified_points():
+    objective = toy_objective(eps_values="1e-4,0.01,1")
+    split = mt.make_task_split(objective, "eps-values")
+    assert split.m == 3 and split.labels == ("eps0.0001", "eps0.01", "eps1")
+    batch = {"interior": jnp.asarray([[0.2, 1.0], [0.2, 1e-4], [0.3, 0.01]]),
+             "boundary": jnp.asarray([[0.0, 0.01]])}
+    tasks = split.assign(batch)
+    assert np.asarray(tasks["interior"]).tolist() == [2, 0, 1]
+    assert np.asarray(tasks["boundary"]).tolist() == [1]
+    with pytest.raises(ValueError, match="few fixed positive values"):
+        mt.make_task_split(toy_objective(), "eps-values")
+
+
+def test_roles_merge_groups_of_the_same_role():
+    problem = make_problem("heat", dim=1, n_interior=8, n_boundary=4, n_initial=4)
+    objective = Objective(problem, MLP((2, 4, 1)))
+    assert mt.make_task_split(objective, "roles").labels == ("pde", "boundary", "initial")
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods
+
+
+def test_every_aggregator_is_a_registered_method_with_its_hyperparameters():
+    for name in AGGREGATOR_METHODS:
+        spec = METHODS[name]
+        assert spec.hparams["tasks"] == "groups" and "lr" in spec.hparams
+    assert METHODS["hrgrad"].hparams["kappa"] == 0.5
+    assert METHODS["mconfig"].hparams["optimizer"] == "sgd"
+
+
+def test_sum_with_adam_is_plain_adam_on_the_total_loss():
+    objective, params, batch = setup()
+    hp = {"lr": 3e-2, "schedule": "exponential", "decay_rate": 0.5, "decay_steps": 3}
+    plain = make_method("adam", objective, **hp)
+    summed = make_method("sum", objective, tasks="groups+eps-decades", **hp)
+
+    def run(method):
+        step = jax.jit(method.step)
+        p, state, out = params, method.init(params), []
+        for k in range(4):
+            p, state, info = step(p, state, batch, jax.random.PRNGKey(k))
+            out.append(float(info["loss"]))
+        return p, out
+
+    p_plain, loss_plain = run(plain)
+    p_sum, loss_sum = run(summed)
+    np.testing.assert_allclose(loss_sum, loss_plain, rtol=1e-13)
+    for a, b in zip(jax.tree_util.tree_leaves(p_sum), jax.tree_util.tree_leaves(p_plain)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", AGGREGATOR_METHODS)
+def test_each_method_resumes_exactly_and_logs_diagnostics(method, registered_toy, tmp_path):
+    """k steps, checkpoint, resume to 2k == 2k uninterrupted steps; diagnostics in the history."""
+    k = 3
+
+    def config(steps):
+        return RunConfig(problem=registered_toy, method=method, net="small", steps=steps,
+                         time_budget=None, plots=False, checkpoint_every=0.0, eval_ratio=1.5,
+                         hparams={"tasks": "groups+eps-decades", "lr": 1e-2})
+
+    full = train(config(2 * k), tmp_path / "full", progress=False, log=lambda _: None)
+    train(config(k), tmp_path / "part", progress=False, log=lambda _: None)
+    part = resume(tmp_path / "part", steps=2 * k, progress=False, log=lambda _: None)
+    assert part["steps"] == full["steps"] == 2 * k
+    a, _ = checkpoint.load(tmp_path / "part" / "checkpoint.pkl")
+    b, _ = checkpoint.load(tmp_path / "full" / "checkpoint.pkl")
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        if isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y)
+    row = read_history(tmp_path / "full")[-1]
+    for key in ("cos_min", "conflict_fraction", "update_cos_min",
+                "task_loss_interior_eps1e-4", "task_rate_boundary_eps1e-1"):
+        assert np.isfinite(row[f"method_{key}"]), key
+    task_sum = sum(v for key, v in row.items() if key.startswith("method_task_loss_"))
+    assert task_sum > 0
+
+
+def test_task_rate_is_the_relative_decrease_since_the_previous_step():
+    objective, params, batch = setup()
+    method = make_method("hrgrad", objective, tasks="groups", lr=1e-2)
+    step = jax.jit(method.step)
+    state = method.init(params)
+    p1, state, info0 = step(params, state, batch, jax.random.PRNGKey(0))
+    assert float(info0["task_rate_interior"]) == 0.0
+    _, _, info1 = step(p1, state, batch, jax.random.PRNGKey(1))
+    for label in ("interior", "boundary"):
+        before, after = float(info0[f"task_loss_{label}"]), float(info1[f"task_loss_{label}"])
+        np.testing.assert_allclose(float(info1[f"task_rate_{label}"]), (before - after) / before)
+    # HRGrad's update never opposes a task gradient.
+    assert float(info1["update_cos_min"]) >= 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad settings
+
+
+def test_eps_tasks_need_an_eps_coordinate():
+    problem = make_problem("poisson", dim=2, n_interior=8, n_boundary=4)
+    objective = Objective(problem, MLP((2, 4, 1)))
+    with pytest.raises(ValueError, match="no 'eps' coordinate") as err:
+        make_method("hrgrad", objective, tasks="eps-decades")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("hparams,match", [
+    ({"tasks": "decades"}, "tasks='decades' not one of"),
+    ({"optimizer": "lbfgs"}, "optimizer='lbfgs' not one of"),
+    ({"kappa": 1.5}, "kappa must be in"),
+    ({"kappa": "big"}, "not a valid float"),
+    ({"max_halvings": -1}, "max_halvings"),
+    ({"lr": -1.0}, "learning rate must be positive"),
+    ({"aggregator": "sum"}, "no hyper-parameter 'aggregator'"),
+])
+def test_bad_settings_give_clear_errors(hparams, match):
+    objective = toy_objective()
+    with pytest.raises(ValueError, match=match):
+        make_method("hrgrad", objective, **hparams)
+
+
+def test_bad_setting_through_the_run_config(registered_toy):
+    with pytest.raises(ConfigError, match="beta1"):
+        RunConfig(problem=registered_toy, method="pcgrad", hparams={"beta1": 0.5})
