@@ -39,8 +39,10 @@ def predict(run_dir: str | Path, points: np.ndarray) -> np.ndarray:
             f"points must have shape (N, {dim}) for problem {setup.problem.name!r} "
             f"(coordinates {', '.join(setup.problem.coords)}), got {points.shape}"
         )
-    if not np.issubdtype(points.dtype, np.number) or not np.all(np.isfinite(points)):
-        raise ValueError("points must be finite numbers")
+    if not (np.issubdtype(points.dtype, np.floating) or np.issubdtype(points.dtype, np.integer)):
+        raise ValueError(f"points must be real numbers, got an array of dtype {points.dtype}")
+    if not np.all(np.isfinite(points)):
+        raise ValueError("points must be finite (the file holds NaN or Inf)")
     return np.asarray(setup.objective.predict(params, jnp.asarray(points, setup.dtype)))
 
 
@@ -97,6 +99,43 @@ def plot_fields(setup, params, out_dir: Path, resolution: int = 101) -> list[Pat
     return paths
 
 
+def plot_multipliers(run_dir: Path, setup, out_dir: Path) -> list[Path]:
+    """The pointwise multipliers λ of a constrained method (``alm``, ``lagrange``, ``capu``)
+    over their constraint points, one panel per group and component (1 or 2 coordinates)."""
+    from pinnopt.train import Trainer, load_state
+
+    problem = setup.problem
+    state, _ = load_state(run_dir)
+    multipliers = getattr(state["method_state"], "multipliers", None)
+    if problem.dim not in (1, 2) or not isinstance(multipliers, dict) or not multipliers:
+        return []
+    # The points the multipliers belong to: the run's fixed training batch.
+    batch = Trainer(setup.config, run_dir, progress=False).batch(state["step"])
+    panels = [(name, k) for name, lam in multipliers.items() for k in range(lam.shape[1])]
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8),
+                             constrained_layout=True, squeeze=False)
+    for ax, (name, k) in zip(axes[0], panels):
+        x = np.asarray(batch[name])
+        lam = np.asarray(multipliers[name])[:, k]
+        label = f"λ {name}" + (f"[{k}]" if multipliers[name].shape[1] > 1 else "")
+        if problem.dim == 1:
+            order = np.argsort(x[:, 0])
+            ax.plot(x[order, 0], lam[order], ".-", ms=3, lw=0.6)
+            ax.set_ylabel(label)
+        else:
+            sc = ax.scatter(x[:, 0], x[:, 1], c=lam, s=8, cmap="viridis")
+            fig.colorbar(sc, ax=ax, label=label)
+            ax.set_ylabel(problem.coords[1])
+        ax.set_xlabel(problem.coords[0])
+        ax.set_title(f"{label}: mean {lam.mean():.3g}, max {lam.max():.3g}")
+    fig.suptitle(f"multipliers at step {state['step']} ({setup.config.method})")
+    path = out_dir / "multipliers.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write all figures of a run into ``run_dir/plots``; returns their paths."""
     run_dir = Path(run_dir)
@@ -107,7 +146,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     out_dir.mkdir(exist_ok=True)
     setup, params = load_run(run_dir)
     title = f"{setup.problem.description} — {setup.config.method}, D = {setup.net.num_params}"
-    return plot_history(history, out_dir, title) + plot_fields(setup, params, out_dir)
+    return (plot_history(history, out_dir, title) + plot_fields(setup, params, out_dir)
+            + plot_multipliers(run_dir, setup, out_dir))
 
 
 def describe(run_dir: str | Path) -> str:
