@@ -184,3 +184,14 @@ def test_fuzzed_points_files(shape, kind, existing_run, tmp_path_factory, capsys
     assert code == (0 if ok else 2), (shape, kind, err)
     if not ok:
         assert len(err.strip().splitlines()) == 1 and err.startswith("pinnopt: error:")
+
+
+def test_float32_warns_about_unresolvable_damping(tmp_path):
+    logs = []
+    train(tiny(method="test-faulty", hparams={"damping": 1e-8, "fail_below": 0.0}, dtype="float32"),
+          tmp_path / "f32", progress=False, log=logs.append)
+    assert any("below what float32 resolves" in m for m in logs)
+    logs.clear()
+    train(tiny(method="test-faulty", hparams={"damping": 1e-8, "fail_below": 0.0}),
+          tmp_path / "f64", progress=False, log=logs.append)
+    assert not any("float32 resolves" in m for m in logs), logs

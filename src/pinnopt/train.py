@@ -378,6 +378,23 @@ class Trainer:
             signal.signal(sig, old)
 
 
+FLOAT32_MIN_DAMPING = 1e-6
+"""Below this, damping added to a Gramian or Kronecker factor of order one is lost to float32
+rounding (machine epsilon 1.2e-7) and the solve is effectively undamped."""
+
+
+def precision_warnings(config: RunConfig) -> list[str]:
+    """Settings that float32 cannot resolve."""
+    out = []
+    if config.dtype == "float32":
+        hp = {**METHODS[config.method].hparams, **config.hparams}
+        for key, value in hp.items():
+            if "damping" in key and isinstance(value, float) and 0 < value < FLOAT32_MIN_DAMPING:
+                out.append(f"{key}={value:g} is below what float32 resolves (~{FLOAT32_MIN_DAMPING:g} "
+                           f"relative to the curvature's scale); use float64 or more damping")
+    return out
+
+
 def _is_run_dir(path: Path) -> bool:
     return (path / "config.json").exists()
 
@@ -412,6 +429,8 @@ def train(config: RunConfig, out: str | Path | None = None, progress: bool = Tru
         for name in (CHECKPOINT, CHECKPOINT + ".prev", HISTORY, "summary.json"):
             (out / name).unlink(missing_ok=True)
     trainer = Trainer(config, out, progress=progress, log=log)
+    for warning in precision_warnings(config):
+        log(f"warning: {warning}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     (out / "metadata.json").write_text(json.dumps(metadata(trainer.setup), indent=2))
