@@ -1,0 +1,472 @@
+"""Constrained training with pointwise multipliers (METHODS.md §6), wrapping an inner optimiser.
+
+The residual groups split into an objective (roles ``pde`` and ``data``) and pointwise
+constraints (by default the roles ``boundary``, ``initial`` and ``constraint``; hyper-parameter
+``constraints``). With objective groups ``O`` and constraint values ``C_j``, one per constraint
+group, point and residual component,
+
+    J(θ)        = Σ_{g∈O} (w_g / N_g) ‖r_g(θ)‖²          (``objective_scale="mean"``)
+                  Σ_{g∈O}  w_g        ‖r_g(θ)‖²          (``objective_scale="sum"``)
+    C_j(θ)      = r_j(θ)²   (``form="squared"``)   or   r_j(θ)   (``form="linear"``)
+    L(θ; λ, μ)  = J(θ) + Σ_j λ_j C_j(θ) + ½ Σ_j μ_j C_j(θ)²
+
+The constraint terms are plain sums over points, without ``1/N_g`` or group weights: each
+``λ_j`` weighs one point against the mean-squared objective. ``form="squared"`` is what the
+authors' notebooks do (PECANN, the CiCP 2023 failure-mode notebooks and PECANN-CAPU all use the
+per-point squared error ``(u − g)²`` as the constraint, so ``C_j ≥ 0`` and the multipliers only
+grow); ``form="linear"`` is the textbook equality-constrained Lagrangian, whose multipliers
+converge to the KKT multipliers when the constraints can be met exactly. The notebooks sum the
+objective over points (``objective_scale="sum"``); the default here is the mean, which makes the
+multiplier scale independent of the number of collocation points.
+
+One trainer step is one outer iteration: ``inner_steps`` steps of the inner optimiser on
+``L(·; λ, μ)`` (inside the jitted step, ``lax.fori_loop``), then the multiplier and penalty
+update of the method:
+
+    alm        PECANN augmented Lagrangian, one penalty μ for all constraints:
+               n = ‖C‖;  if n ≥ ¼ n_prev and n > 1e-8:  μ ← min(2μ, μ_max);
+               λ ← λ + μ C  (every outer step; ``dual_update="on-stall"`` only when μ grows,
+               as in the PECANN notebooks);  n_prev ← n.   λ₀ = 0, μ₀ = ``mu0``, n_prev₀ = 0.
+    lagrange   no penalty (μ = 0), adaptive (RMSprop-like) dual ascent per point:
+               v ← 0.9 v + 0.1 C²;  λ ← λ + η C / sqrt(v + 1e-8).   λ₀ = 1, v₀ = 0, η = ``dual_lr``.
+    capu       PECANN-CAPU, one penalty per point:  v ← ζ v + (1−ζ) C²;
+               if L ≥ ω L_prev:  μ ← max(η / sqrt(v + ε), μ);   λ ← λ + μ ⊙ C;   L_prev ← L,
+               with L the Lagrangian after the inner steps. λ₀ = μ₀ = 1, v₀ = 0, L_prev₀ = ∞.
+
+The inner optimiser's state (L-BFGS memory, Adam moments) is kept across outer steps, as in
+the authors' PyTorch codes, which create ``torch.optim.LBFGS`` once and call ``step`` every
+epoch: each call re-evaluates the loss with the new multipliers and keeps its curvature pairs.
+Here likewise the first inner step of an outer iteration recomputes value and gradient (the
+value cached by the line search belongs to the previous multipliers); ``reset_inner=True``
+re-initialises the inner state every outer step instead. The defaults (20 inner L-BFGS steps,
+memory 100, at most 25 line-search evaluations) are PyTorch's ``LBFGS`` defaults, which the
+notebooks use.
+
+Multipliers are tied to points, so the points must stay fixed: problems that redraw their
+points every step are refused. ``adam-lbfgs`` (Adam for ``switch_step`` steps, then L-BFGS) is
+the plain penalty baseline "Adam then L-BFGS" of the failure-mode comparisons, in one run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from pinnopt.nets import Params
+from pinnopt.optim.base import METHODS, Method, MethodSpec, make_method, register
+from pinnopt.residuals import ROLES, Batch, Objective
+
+Tree = Any
+"""A dict of arrays keyed by constraint group name (``(N_g, c_g)`` each), or a single array."""
+
+INNER_METHODS = ("lbfgs", "adam", "sgd", "adam-lbfgs")
+FORMS = ("squared", "linear")
+OBJECTIVE_SCALES = ("mean", "sum")
+DUAL_UPDATES = ("always", "on-stall")
+
+ALM_STALL_RATIO = 0.25
+ALM_TOLERANCE = 1e-8
+LAGRANGE_BETA = 0.9
+LAGRANGE_EPS = 1e-8
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure multiplier and penalty updates
+
+
+def constraint_norm(constraints: Tree) -> jax.Array:
+    """``‖C‖₂`` over every constraint value of the tree."""
+    return jnp.sqrt(sum(jnp.sum(c**2) for c in jax.tree_util.tree_leaves(constraints)))
+
+
+def alm_dual_update(multipliers: Tree, mu: jax.Array, constraints: Tree, n_prev: jax.Array,
+                    mu_max: float = 1e4, dual_update: str = "always"
+                    ) -> tuple[Tree, jax.Array, jax.Array]:
+    """PECANN's outer update; returns ``(λ, μ, n)`` with ``n = ‖C‖`` the next ``n_prev``.
+
+    μ doubles (up to ``mu_max``) when ``n ≥ ¼ n_prev`` and ``n > 1e-8``; then ``λ ← λ + μ C``
+    with the new μ, every time (``"always"``) or only when μ was raised (``"on-stall"``).
+    """
+    n = constraint_norm(constraints)
+    stalled = (n >= ALM_STALL_RATIO * n_prev) & (n > ALM_TOLERANCE)
+    mu = jnp.where(stalled, jnp.minimum(2.0 * mu, mu_max), mu)
+    apply = True if dual_update == "always" else stalled
+    multipliers = jax.tree_util.tree_map(
+        lambda lam, c: jnp.where(apply, lam + mu * c, lam), multipliers, constraints)
+    return multipliers, mu, n
+
+
+def lagrange_dual_update(multipliers: Tree, v: Tree, constraints: Tree, dual_lr: float
+                         ) -> tuple[Tree, Tree]:
+    """``v ← 0.9 v + 0.1 C²``, then ``λ ← λ + η C / sqrt(v + 1e-8)`` (new v); returns ``(λ, v)``."""
+    v = jax.tree_util.tree_map(
+        lambda s, c: LAGRANGE_BETA * s + (1.0 - LAGRANGE_BETA) * c**2, v, constraints)
+    multipliers = jax.tree_util.tree_map(
+        lambda lam, c, s: lam + dual_lr * c / jnp.sqrt(s + LAGRANGE_EPS), multipliers, constraints, v)
+    return multipliers, v
+
+
+def capu_dual_update(multipliers: Tree, mu: Tree, v: Tree, constraints: Tree,
+                     lagrangian: jax.Array, previous_lagrangian: jax.Array, eta: float,
+                     omega: float = 0.999, zeta: float = 0.99, eps: float = 1e-8
+                     ) -> tuple[Tree, Tree, Tree]:
+    """PECANN-CAPU; returns ``(λ, μ, v)``.
+
+    ``v ← ζ v + (1−ζ) C²``; if ``L ≥ ω L_prev`` then ``μ ← max(η / sqrt(v + ε), μ)``
+    (elementwise, new v); then ``λ ← λ + μ ⊙ C`` with the new μ.
+    """
+    v = jax.tree_util.tree_map(lambda s, c: zeta * s + (1.0 - zeta) * c**2, v, constraints)
+    grow = lagrangian >= omega * previous_lagrangian
+    mu = jax.tree_util.tree_map(
+        lambda m, s: jnp.where(grow, jnp.maximum(eta / jnp.sqrt(s + eps), m), m), mu, v)
+    multipliers = jax.tree_util.tree_map(lambda lam, m, c: lam + m * c, multipliers, mu, constraints)
+    return multipliers, mu, v
+
+
+# ---------------------------------------------------------------------------------------------
+# The Lagrangian
+
+
+class Duals(NamedTuple):
+    """Multipliers ``{group: (N_g, c_g)}`` and penalty μ: a scalar, a tree like the
+    multipliers, or ``None`` (no penalty term)."""
+
+    multipliers: dict[str, jax.Array]
+    penalty: jax.Array | dict[str, jax.Array] | None
+
+
+def parse_roles(constraints: str) -> tuple[str, ...]:
+    roles = tuple(r.strip() for r in constraints.split(",") if r.strip())
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        raise ValueError(
+            f"constraints={constraints!r}: give comma-separated roles from {', '.join(ROLES)}")
+    return roles
+
+
+class Lagrangian:
+    """``L(θ; λ, μ)`` of an objective whose groups are split by role into objective and constraints.
+
+    :meth:`loss` has the signature of :meth:`Objective.loss` with the duals riding along in the
+    batch, ``loss(params, (batch, duals))``, so that any loss-based method (optax, L-BFGS) can
+    minimise it unchanged; ``problem`` is the objective's problem.
+    """
+
+    def __init__(self, objective: Objective, roles: tuple[str, ...], form: str, objective_scale: str):
+        self.objective = objective
+        self.problem = objective.problem
+        self.form = form
+        self.objective_scale = objective_scale
+        self.objective_groups = tuple(g for g in objective.groups if g.role not in roles)
+        self.constraint_groups = tuple(g for g in objective.groups if g.role in roles)
+        if not self.constraint_groups:
+            present = sorted({g.role for g in objective.groups})
+            raise ValueError(
+                f"no residual group has a constraint role ({', '.join(roles)}); the problem's "
+                f"roles are {', '.join(present)}")
+
+    def constraint_shapes(self) -> dict[str, tuple[int, int]]:
+        """``{group: (N_g, c_g)}``, the shape of each group's multipliers."""
+        net = self.objective.net
+        params = jax.eval_shape(net.init, jax.random.PRNGKey(0))
+        x = jax.ShapeDtypeStruct((1, self.problem.dim), self.objective.dtype)
+        return {
+            g.name: (g.n, jax.eval_shape(lambda p, x, g=g: g.residual(net, p, x), params, x).shape[1])
+            for g in self.constraint_groups
+        }
+
+    def parts(self, params: Params, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The objective ``J`` and the constraint values ``{group: C (N_g, c_g)}``."""
+        objective = jnp.zeros((), self.objective.dtype)
+        for g in self.objective_groups:
+            r = g.residual(self.objective.net, params, batch[g.name])
+            scale = g.weight / r.shape[0] if self.objective_scale == "mean" else g.weight
+            objective = objective + scale * jnp.sum(r**2)
+        constraints = {}
+        for g in self.constraint_groups:
+            r = g.residual(self.objective.net, params, batch[g.name])
+            constraints[g.name] = r**2 if self.form == "squared" else r
+        return objective, constraints
+
+    @staticmethod
+    def combine(objective: jax.Array, constraints: dict[str, jax.Array], duals: Duals) -> jax.Array:
+        """``J + Σ λ C + ½ Σ μ C²`` (no penalty term when ``duals.penalty`` is ``None``)."""
+        penalty = duals.penalty
+        value = objective
+        for name, c in constraints.items():
+            value = value + jnp.sum(duals.multipliers[name] * c)
+            if penalty is not None:
+                mu = penalty[name] if isinstance(penalty, dict) else penalty
+                value = value + 0.5 * jnp.sum(mu * c**2)
+        return value
+
+    def loss(self, params: Params, inputs: tuple[Batch, Duals]) -> jax.Array:
+        batch, duals = inputs
+        return self.combine(*self.parts(params, batch), duals)
+
+
+# ---------------------------------------------------------------------------------------------
+# The outer loop shared by the three methods
+
+
+def _inner_method(lagrangian: Lagrangian, inner: str, settings: dict[str, Any]) -> Method:
+    """The inner method on ``L``; settings ``inner_<key>`` go to its hyper-parameter ``<key>``."""
+    spec = METHODS[inner]
+    hparams = {k: settings[f"inner_{k}"] for k in spec.hparams if f"inner_{k}" in settings}
+    return make_method(inner, lagrangian, **hparams)
+
+
+def forget_cached_value(inner_state: Any) -> Any:
+    """Mark a loss value cached by a line search (optax's ``value`` field) as missing.
+
+    L-BFGS reuses the value and gradient its line search computed at the accepted point; after
+    a multiplier update they belong to another Lagrangian. optax recomputes both when the cached
+    value is infinite, which is what the state holds before the first step.
+    """
+    cached = optax.tree_utils.tree_get_all_with_path(inner_state, "value")
+    if not cached:
+        return inner_state
+    return optax.tree_utils.tree_set(inner_state, value=jnp.full_like(cached[0][1], jnp.inf))
+
+
+def _multiplier_stats(multipliers: dict[str, jax.Array], prefix: str) -> dict[str, jax.Array]:
+    out = {}
+    for name, lam in multipliers.items():
+        out[f"{prefix}_mean_{name}"] = jnp.mean(lam)
+        out[f"{prefix}_max_{name}"] = jnp.max(lam)
+    return out
+
+
+def _constrained_method(
+    method_name: str,
+    objective: Objective,
+    settings: dict[str, Any],
+    init_duals: Callable[[dict[str, tuple[int, int]], Any], NamedTuple],
+    penalty: Callable[[NamedTuple], Any],
+    dual_update: Callable[[NamedTuple, jax.Array, dict[str, jax.Array], jax.Array],
+                          tuple[NamedTuple, dict[str, jax.Array]]],
+) -> Method:
+    """An outer loop: ``inner_steps`` inner steps on ``L(·; λ, μ)``, then ``dual_update``.
+
+    ``init_duals(shapes, dtype)`` returns the method's state with ``inner=None``;
+    ``penalty(state)`` the μ entering L; ``dual_update(state, J, C, L)`` the new state and the
+    method's extra info scalars.
+    """
+    if objective.problem.resample:
+        raise ValueError(
+            f"method {method_name!r} keeps one multiplier per constraint point, so the points must "
+            f"stay fixed, but problem {objective.problem.name!r} redraws them every step "
+            f"(resample=True); set the problem option resample=false")
+    lagrangian = Lagrangian(objective, parse_roles(settings["constraints"]), settings["form"],
+                            settings["objective_scale"])
+    inner_steps = settings["inner_steps"]
+    if inner_steps < 1:
+        raise ValueError(f"inner_steps must be at least 1, got {inner_steps}")
+    inner = _inner_method(lagrangian, settings["inner"], settings)
+    reset_inner = settings["reset_inner"]
+    shapes = lagrangian.constraint_shapes()
+
+    def init(params):
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        return init_duals(shapes, dtype)._replace(inner=inner.init(params))
+
+    def step(params, state, batch, key):
+        inner_state = inner.init(params) if reset_inner else forget_cached_value(state.inner)
+        inputs = (batch, Duals(state.multipliers, penalty(state)))
+
+        def inner_step(i, carry):
+            p, s, first_loss = carry
+            p, s, info = inner.step(p, s, inputs, jax.random.fold_in(key, i))
+            return p, s, jnp.where(i == 0, info["loss"], first_loss)
+
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        params, inner_state, loss = lax.fori_loop(
+            0, inner_steps, inner_step, (params, inner_state, jnp.zeros((), dtype)))
+        objective_value, constraints = lagrangian.parts(params, batch)
+        value = lagrangian.combine(objective_value, constraints, inputs[1])
+        state, extra = dual_update(state._replace(inner=inner_state), objective_value,
+                                   constraints, value)
+        out = {
+            "loss": loss,
+            "objective": objective_value,
+            "lagrangian": value,
+            "constraint_norm": constraint_norm(constraints),
+            **_multiplier_stats(state.multipliers, "lambda"),
+            **extra,
+        }
+        return params, state, out
+
+    return Method(init, step)
+
+
+def _full(shapes, value, dtype):
+    return {name: jnp.full(shape, value, dtype) for name, shape in shapes.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# alm, lagrange, capu
+
+
+class ALMState(NamedTuple):
+    inner: Any
+    multipliers: dict[str, jax.Array]
+    mu: jax.Array
+    n_prev: jax.Array
+
+
+class LagrangeState(NamedTuple):
+    inner: Any
+    multipliers: dict[str, jax.Array]
+    v: dict[str, jax.Array]
+
+
+class CAPUState(NamedTuple):
+    inner: Any
+    multipliers: dict[str, jax.Array]
+    mu: dict[str, jax.Array]
+    v: dict[str, jax.Array]
+    previous_lagrangian: jax.Array
+
+
+def alm(objective: Objective, mu0: float, mu_max: float, dual_update: str, **settings) -> Method:
+    """PECANN augmented Lagrangian with pointwise multipliers and one penalty (module docstring)."""
+    if not 0 < mu0 <= mu_max:
+        raise ValueError(f"alm: need 0 < mu0 <= mu_max, got mu0={mu0}, mu_max={mu_max}")
+
+    def init_duals(shapes, dtype):
+        return ALMState(None, _full(shapes, 0.0, dtype), jnp.asarray(mu0, dtype),
+                        jnp.zeros((), dtype))
+
+    def update(state, objective_value, constraints, value):
+        multipliers, mu, n = alm_dual_update(state.multipliers, state.mu, constraints,
+                                             state.n_prev, mu_max, dual_update)
+        return state._replace(multipliers=multipliers, mu=mu, n_prev=n), {"mu": mu}
+
+    return _constrained_method("alm", objective, settings, init_duals, lambda s: s.mu, update)
+
+
+def lagrange(objective: Objective, dual_lr: float, **settings) -> Method:
+    """Pointwise Lagrange multipliers with the adaptive dual step, no penalty (module docstring)."""
+    if not dual_lr > 0:
+        raise ValueError(f"lagrange: dual_lr must be positive, got {dual_lr}")
+
+    def init_duals(shapes, dtype):
+        return LagrangeState(None, _full(shapes, 1.0, dtype), _full(shapes, 0.0, dtype))
+
+    def update(state, objective_value, constraints, value):
+        multipliers, v = lagrange_dual_update(state.multipliers, state.v, constraints, dual_lr)
+        return state._replace(multipliers=multipliers, v=v), {}
+
+    return _constrained_method("lagrange", objective, settings, init_duals, lambda s: None, update)
+
+
+def capu(objective: Objective, eta: float, omega: float, zeta: float, eps: float,
+         **settings) -> Method:
+    """PECANN-CAPU: pointwise multipliers and conditionally adapted pointwise penalties."""
+    if not eta > 0 or not 0 < omega <= 1 or not 0 <= zeta < 1 or not eps > 0:
+        raise ValueError(
+            f"capu: need eta > 0, 0 < omega <= 1, 0 <= zeta < 1, eps > 0; got eta={eta}, "
+            f"omega={omega}, zeta={zeta}, eps={eps}")
+
+    def init_duals(shapes, dtype):
+        return CAPUState(None, _full(shapes, 1.0, dtype), _full(shapes, 1.0, dtype),
+                         _full(shapes, 0.0, dtype), jnp.asarray(jnp.inf, dtype))
+
+    def update(state, objective_value, constraints, value):
+        multipliers, mu, v = capu_dual_update(state.multipliers, state.mu, state.v, constraints,
+                                              value, state.previous_lagrangian, eta, omega, zeta,
+                                              eps)
+        state = state._replace(multipliers=multipliers, mu=mu, v=v, previous_lagrangian=value)
+        return state, _multiplier_stats(mu, "mu")
+
+    return _constrained_method("capu", objective, settings, init_duals, lambda s: s.mu, update)
+
+
+# ---------------------------------------------------------------------------------------------
+# Adam, then L-BFGS
+
+
+class AdamLBFGSState(NamedTuple):
+    count: jax.Array
+    adam: Any
+    lbfgs: Any
+
+
+def adam_lbfgs(objective, lr: float, switch_step: int, memory: int, max_linesearch_steps: int,
+               reuse_linesearch_value: bool) -> Method:
+    """Adam (learning rate ``lr``) for the first ``switch_step`` steps, then L-BFGS.
+
+    Both are the registered ``adam`` and ``lbfgs`` methods on the same loss; L-BFGS starts from
+    a fresh state (its first step computes value and gradient) at the parameters Adam left.
+    """
+    if switch_step < 0:
+        raise ValueError(f"adam-lbfgs: switch_step must be >= 0, got {switch_step}")
+    adam = make_method("adam", objective, lr=lr)
+    lbfgs = make_method("lbfgs", objective, memory=memory,
+                        max_linesearch_steps=max_linesearch_steps,
+                        reuse_linesearch_value=reuse_linesearch_value)
+
+    def init(params):
+        return AdamLBFGSState(jnp.zeros((), jnp.int32), adam.init(params), lbfgs.init(params))
+
+    def step(params, state, batch, key):
+        def adam_phase(params):
+            params, inner, info = adam.step(params, state.adam, batch, key)
+            return params, state._replace(adam=inner), info["loss"]
+
+        def lbfgs_phase(params):
+            params, inner, info = lbfgs.step(params, state.lbfgs, batch, key)
+            return params, state._replace(lbfgs=inner), info["loss"]
+
+        in_adam = state.count < switch_step
+        params, state, loss = lax.cond(in_adam, adam_phase, lbfgs_phase, params)
+        info = {"loss": loss, "lbfgs_phase": jnp.where(in_adam, 0.0, 1.0).astype(loss.dtype)}
+        return params, state._replace(count=state.count + 1), info
+
+    return Method(init, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration
+
+_COMMON = {
+    "constraints": "boundary,initial,constraint",
+    "form": "squared",
+    "objective_scale": "mean",
+    "inner": "lbfgs",
+    "inner_steps": 20,
+    "inner_lr": 1e-3,
+    "inner_memory": 100,
+    "inner_max_linesearch_steps": 25,
+    "reset_inner": False,
+}
+_CHOICES = {"form": FORMS, "objective_scale": OBJECTIVE_SCALES, "inner": INNER_METHODS}
+
+register(MethodSpec(
+    "alm", alm,
+    {"mu0": 1.0, "mu_max": 1e4, "dual_update": "always", **_COMMON},
+    "PECANN augmented Lagrangian: pointwise multipliers, penalty doubled on stalls (§6)",
+    {**_CHOICES, "dual_update": DUAL_UPDATES},
+))
+register(MethodSpec(
+    "lagrange", lagrange,
+    {"dual_lr": 1.0, **_COMMON},
+    "pointwise Lagrange multipliers with adaptive (RMSprop-like) dual steps, no penalty (§6)",
+    _CHOICES,
+))
+register(MethodSpec(
+    "capu", capu,
+    {"eta": 0.01, "omega": 0.999, "zeta": 0.99, "eps": 1e-8, **_COMMON},
+    "PECANN-CAPU: pointwise multipliers and conditionally adaptive pointwise penalties (§6)",
+    _CHOICES,
+))
+register(MethodSpec(
+    "adam-lbfgs", adam_lbfgs,
+    {"lr": 1e-3, "switch_step": 1000, "memory": 100, "max_linesearch_steps": 25,
+     "reuse_linesearch_value": True},
+    "Adam for switch_step steps, then L-BFGS (the vanilla PINN baseline of §6)",
+))
