@@ -117,7 +117,7 @@ class Objective:
         the reference covers (``problem.scored_fields``) and per ``problem.error_groups``.
 
         Non-finite reference entries mark points where the reference has no value for that
-        field; they are left out of its error.
+        field; they are left out of its error. A problem's own ``metrics`` are added.
         """
         u = self.predict(params, x)
         index = {f: i for i, f in enumerate(self.problem.fields)}
@@ -136,4 +136,6 @@ class Objective:
             sq_err, sq_ref, count = sums(fields)
             out[f"rms_{name}"] = jnp.sqrt(sq_err / count)
             out[f"rel_l2_{name}"] = jnp.sqrt(sq_err / sq_ref)
+        if self.problem.metrics is not None:
+            out.update(self.problem.metrics(x, u, reference))
         return out

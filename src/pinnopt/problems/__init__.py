@@ -15,6 +15,7 @@ from pinnopt.problems.helmholtz import helmholtz
 from pinnopt.problems.klein_gordon import klein_gordon
 from pinnopt.problems.poisson import poisson
 from pinnopt.problems.stokes import stokes
+from pinnopt.problems.transport import transport
 
 PROBLEMS: dict[str, Callable[..., Problem]] = {
     "poisson": poisson,
@@ -26,6 +27,7 @@ PROBLEMS: dict[str, Callable[..., Problem]] = {
     "composite_heat": composite_heat,
     "stokes": stokes,
     "cavity": cavity,
+    "transport": transport,
 }
 
 
@@ -56,5 +58,5 @@ def make_problem(name: str, **options) -> Problem:
 
 
 __all__ = ["PROBLEMS", "Problem", "make_problem", "problem_options", "register_problem",
-           "poisson", "heat", "helmholtz", "klein_gordon", "convection",
+           "poisson", "heat", "transport", "helmholtz", "klein_gordon", "convection",
            "convection_diffusion", "composite_heat", "stokes", "cavity"]

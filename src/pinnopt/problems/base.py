@@ -34,6 +34,11 @@ class Problem:
     object with the MLP's interface (``init(key, dtype)``, ``apply(params, x)``,
     ``num_params``, ``describe()``), for problems with several networks or input encodings.
     Methods that need the MLP's layer structure (KFAC) reject such models.
+
+    ``metrics``, when set, adds problem-specific errors: ``metrics(x, u, reference) -> dict``
+    of scalars from the evaluation points ``x``, the predictions ``u (N, len(fields))`` and the
+    reference there (e.g. errors per value of a parameter coordinate). It is called inside the
+    jitted evaluation, so it must be traceable (static shapes; masks rather than indexing).
     """
 
     name: str
@@ -51,6 +56,7 @@ class Problem:
     model: Callable[[str, str], object] | None = None
     reference_fields: tuple[str, ...] | None = None
     error_groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    metrics: Callable[[jax.Array, jax.Array, jax.Array], dict[str, jax.Array]] | None = None
 
     def __post_init__(self):
         if len(self.coords) != self.domain.dim:

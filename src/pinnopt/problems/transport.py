@@ -1,0 +1,381 @@
+"""Linear transport in the diffusive scaling, with a vanilla and an asymptotic-preserving
+(micro–macro) PINN loss, for one ε or a whole range of ε (METHODS.md §8, [APNN]).
+
+    ε ∂_t f + v ∂_x f = (ρ − f)/ε,   ρ = ⟨f⟩ = ½ ∫_{−1}^{1} f dv,   x ∈ [0,1], v ∈ [−1,1], t ∈ [0,T],
+    f(t,0,v>0) = 1,  f(t,1,v<0) = 0,  f(0,x,v) = 0.
+
+Velocity averages use ``nv`` Gauss–Legendre nodes v_k with weights w_k (Σ w_k = 1).
+
+Losses (``loss=``):
+
+- ``vanilla``: one network f(t,x,v); residual ``ε ∂_t f + v ∂_x f − (⟨f⟩ − f)/ε`` (group
+  ``kinetic``, weight 1). As ε → 0 the 1/ε term dominates and the loss no longer sees the
+  diffusion limit.
+- ``apnn``: f = ρ + ε g with ρ(t,x) = softplus(ρ̂) > 0 and g = ĝ − ⟨ĝ⟩ (so ⟨g⟩ = 0 exactly);
+  groups ``micro``  ε² ∂_t g + ε (v ∂_x g − ∂_x⟨v g⟩) + v ∂_x ρ + g  (weight 1) and
+  ``macro``  ∂_t ρ + ∂_x⟨v g⟩  (weight 1).
+
+Both: ``boundary`` f − inflow data (weight 10) and ``initial`` f (weight 10).
+
+Point layout: every group's points are rows ``(t, x, v, eps)`` (see
+:mod:`pinnopt.problems.kinetic`): ``eps`` is the raw ε of the point; the velocity dependence of
+every residual is taken at the nv quadrature nodes, so a point's residual row has one entry per
+node (``micro``, ``kinetic``, ``initial``: nv entries, scaled by √w_k so that the row's squared
+norm is the velocity average ⟨r²⟩; ``boundary``: the nv/2 inflow nodes, scaled by √(2 w_k);
+``macro``: one entry) and the ``v`` column is unused in training. Boundary points lie on
+x = 0 (even rows) and x = 1 (odd rows).
+
+Fields: ``rho`` (ρ), ``g`` ((f − ρ)/ε) and ``f`` at the point's velocity. Inputs of the
+networks: t and x mapped to [−1, 1], v, and the ε encoding (log10 ε normalised to [−1, 1] over
+the ε range, optionally through an embedding network; nothing for a fixed ε).
+
+Evaluation: ρ at t = T on ``n_eval_x`` equispaced x per evaluated ε, against
+:func:`pinnopt.reference.transport.solve_transport` (cached on disk); metrics
+``rel_l2_rho_eps<ε>`` (e.g. ``rel_l2_rho_eps1e-08``), plus ``rms_rho``/``rel_l2_rho`` over all
+evaluated ε together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pinnopt.geometry import Box
+from pinnopt.nets import MLP, Params
+from pinnopt.problems.base import Problem
+from pinnopt.problems.kinetic import (
+    EpsEncoding,
+    EpsRange,
+    cached_reference,
+    eps_tag,
+    eval_grid,
+    gauss_legendre,
+    kinetic_sampler,
+    model_group,
+    parse_eps,
+    parse_widths,
+    per_eps_metrics,
+    value_and_grads,
+)
+from pinnopt.reference.transport import solve_transport
+
+LOSSES = ("apnn", "vanilla")
+FIELDS = ("rho", "g", "f")
+EVAL_EPS = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8)
+# Hidden widths (ρ net, g net). The vanilla loss uses the second list for its f net.
+NETS = {
+    "small": ((32, 32, 32), (48, 48, 48)),
+    "medium": ((64, 64, 64, 64), (64, 64, 64, 64)),
+    "paper": ((128,) * 5, (256,) * 5),  # [APNN]: 5×128 and 5×256
+}
+WEIGHTS = {"micro": 1.0, "macro": 1.0, "kinetic": 1.0, "boundary": 10.0, "initial": 10.0}
+
+
+@dataclass(frozen=True)
+class _KineticBase:
+    """What both transport models share: inputs, quadrature, boundary and initial residuals."""
+
+    encoding: EpsEncoding
+    t_final: float
+    nodes: tuple[float, ...]
+    weights: tuple[float, ...]
+
+    def quadrature(self, dtype) -> tuple[jax.Array, jax.Array]:
+        """Velocity nodes v_k and weights w_k (Σ w_k = 1), ``(nv,)`` each, in ``dtype``."""
+        return jnp.asarray(self.nodes, dtype), jnp.asarray(self.weights, dtype)
+
+    def inputs(self, params: Params, X: jax.Array, v: jax.Array | None = None) -> jax.Array:
+        """Network inputs ``(t̃, x̃[, v], code)`` with t̃ = 2t/T − 1, x̃ = 2x − 1."""
+        cols = [2.0 * X[:, :1] / self.t_final - 1.0, 2.0 * X[:, 1:2] - 1.0]
+        if v is not None:
+            cols.append(v[:, None])
+        cols.append(self.encoding(params.get("embed", []), X[:, 3]))
+        return jnp.concatenate(cols, axis=1)
+
+    def at_nodes(self, params: Params, X: jax.Array) -> jax.Array:
+        """``(N·nv, …)`` inputs: every point repeated at every velocity node."""
+        nv = len(self.nodes)
+        Xr = jnp.repeat(X, nv, axis=0)
+        return self.inputs(params, Xr, jnp.tile(self.quadrature(X.dtype)[0], X.shape[0]))
+
+    def chain(self, dtype) -> jax.Array:
+        """d(t̃, x̃)/d(t, x): derivatives in network inputs times this give ∂_t, ∂_x."""
+        return jnp.array([2.0 / self.t_final, 2.0], dtype)
+
+    # -- the residuals both losses share ---------------------------------------------------
+    def f_nodes(self, params: Params, X: jax.Array) -> jax.Array:
+        """f at every velocity node, ``(N, nv)``."""
+        raise NotImplementedError
+
+    def boundary(self, params: Params, X: jax.Array) -> jax.Array:
+        """Inflow residual at the nv/2 incoming nodes, ``(N, nv/2)``; rows with x = 0 take
+        v_k > 0 and data 1, rows with x = 1 take v_k < 0 (mirrored order) and data 0."""
+        f = self.f_nodes(params, X)
+        half = len(self.nodes) // 2
+        left = X[:, 1:2] < 0.5
+        incoming = jnp.where(left, f[:, half:], f[:, :half][:, ::-1])
+        data = jnp.where(left, 1.0, 0.0).astype(f.dtype)
+        _, w = self.quadrature(f.dtype)
+        return jnp.sqrt(2.0 * w[half:]) * (incoming - data)
+
+    def initial(self, params: Params, X: jax.Array) -> jax.Array:
+        """f(0, x, v_k) − 0, ``(N, nv)``."""
+        return jnp.sqrt(self.quadrature(X.dtype)[1]) * self.f_nodes(params, X)
+
+
+@dataclass(frozen=True)
+class MicroMacroModel(_KineticBase):
+    """The APNN micro–macro model: f = ρ + ε g, ρ = softplus(ρ̂(t,x)), g = ĝ − ⟨ĝ⟩.
+
+    Parameters ``{"rho": ρ̂ net, "g": ĝ net[, "embed": ε embedding]}``.
+    """
+
+    rho_net: MLP | None = None
+    g_net: MLP | None = None
+
+    # -- the MLP-like interface -------------------------------------------------------------
+    @property
+    def num_params(self) -> int:
+        return self.rho_net.num_params + self.g_net.num_params + self.encoding.num_params
+
+    def describe(self) -> str:
+        return (f"rho {self.rho_net.describe()} + g {self.g_net.describe()}, "
+                f"{self.encoding.describe()}")
+
+    def init(self, key: jax.Array, dtype=jnp.float64) -> dict:
+        k_rho, k_g, k_e = jax.random.split(key, 3)
+        params = {"rho": self.rho_net.init(k_rho, dtype), "g": self.g_net.init(k_g, dtype)}
+        if self.encoding.embed_net is not None:
+            params["embed"] = self.encoding.init(k_e, dtype)
+        return params
+
+    def apply(self, params: Params, X: jax.Array) -> jax.Array:
+        """``(N, 3)``: ρ, g and f = ρ + εg at the points' velocities."""
+        rho, _, _ = self.rho_jet(params, X, derivs="")
+        g_hat_at_v = self.g_net.apply(params["g"], self.inputs(params, X, X[:, 2]))[:, 0]
+        g_hat, _, _ = self.g_hat_jet(params, X, derivs="")
+        g = g_hat_at_v - g_hat @ self.quadrature(X.dtype)[1]
+        return jnp.stack([rho, g, rho + X[:, 3] * g], axis=1)
+
+    # -- the fields and their derivatives (a test replaces these by exact functions) --------
+    def _derivatives(self, net: MLP, params: Params, inputs: jax.Array, derivs: str):
+        """Value ``(M,)`` and, for each of ``t``, ``x`` named in ``derivs``, its derivative
+        ``(M,)`` in the physical coordinate (None for those not named)."""
+        cols = [i for i, c in enumerate("tx") if c in derivs]
+        value, grad = value_and_grads(net, params, inputs, cols)
+        scale = self.chain(inputs.dtype)
+        d = {"tx"[c]: grad[:, j, 0] * scale[c] for j, c in enumerate(cols)}
+        return value[:, 0], d.get("t"), d.get("x")
+
+    def rho_jet(self, params: Params, X: jax.Array, derivs: str = "tx"):
+        """ρ, ∂_t ρ, ∂_x ρ at the points, each ``(N,)``; only the derivatives named in
+        ``derivs`` (``""``, ``"x"``, ``"tx"``) are computed, the others are None."""
+        r, r_t, r_x = self._derivatives(self.rho_net, params["rho"], self.inputs(params, X), derivs)
+        slope = jax.nn.sigmoid(r)  # ρ = softplus(r)
+        return (jax.nn.softplus(r), None if r_t is None else slope * r_t,
+                None if r_x is None else slope * r_x)
+
+    def g_hat_jet(self, params: Params, X: jax.Array, derivs: str = "tx"):
+        """ĝ, ∂_t ĝ, ∂_x ĝ at every velocity node, each ``(N, nv)`` (as :meth:`rho_jet`)."""
+        shape = (X.shape[0], len(self.nodes))
+        out = self._derivatives(self.g_net, params["g"], self.at_nodes(params, X), derivs)
+        return tuple(None if a is None else a.reshape(shape) for a in out)
+
+    def f_nodes(self, params: Params, X: jax.Array) -> jax.Array:
+        rho, _, _ = self.rho_jet(params, X, derivs="")
+        g_hat, _, _ = self.g_hat_jet(params, X, derivs="")
+        g = g_hat - (g_hat @ self.quadrature(X.dtype)[1])[:, None]
+        return rho[:, None] + X[:, 3:4] * g
+
+    # -- the APNN residuals --------------------------------------------------------------------
+    # ⟨·⟩ commutes with ∂_t and ∂_x, so g = ĝ − ⟨ĝ⟩ gives ∂g = ∂ĝ − ⟨∂ĝ⟩ and
+    # ∂_x⟨v g⟩ = ⟨v ∂_x g⟩, all from ĝ and its derivatives at the nodes.
+    def micro(self, params: Params, X: jax.Array) -> jax.Array:
+        """√w_k (ε² ∂_t g + ε (v ∂_x g − ∂_x⟨v g⟩) + v ∂_x ρ + g) at the nodes, ``(N, nv)``."""
+        _, _, rho_x = self.rho_jet(params, X, derivs="x")
+        g_hat, g_hat_t, g_hat_x = self.g_hat_jet(params, X, derivs="tx")
+        eps, (v, w) = X[:, 3:4], self.quadrature(X.dtype)
+        g, g_t, g_x = (a - (a @ w)[:, None] for a in (g_hat, g_hat_t, g_hat_x))
+        mean_v_gx = ((g_x * v) @ w)[:, None]
+        r = eps**2 * g_t + eps * (v * g_x - mean_v_gx) + v * rho_x[:, None] + g
+        return jnp.sqrt(w) * r
+
+    def macro(self, params: Params, X: jax.Array) -> jax.Array:
+        """∂_t ρ + ∂_x ⟨v g⟩, ``(N, 1)``."""
+        _, rho_t, _ = self.rho_jet(params, X, derivs="t")
+        _, _, g_hat_x = self.g_hat_jet(params, X, derivs="x")
+        v, w = self.quadrature(X.dtype)
+        g_x = g_hat_x - (g_hat_x @ w)[:, None]
+        return (rho_t + (g_x * v) @ w)[:, None]
+
+
+@dataclass(frozen=True)
+class VanillaModel(_KineticBase):
+    """One network for f(t, x, v). Parameters ``{"f": net[, "embed": ε embedding]}``."""
+
+    f_net: MLP | None = None
+
+    @property
+    def num_params(self) -> int:
+        return self.f_net.num_params + self.encoding.num_params
+
+    def describe(self) -> str:
+        return f"f {self.f_net.describe()}, {self.encoding.describe()}"
+
+    def init(self, key: jax.Array, dtype=jnp.float64) -> dict:
+        k_f, k_e = jax.random.split(key)
+        params = {"f": self.f_net.init(k_f, dtype)}
+        if self.encoding.embed_net is not None:
+            params["embed"] = self.encoding.init(k_e, dtype)
+        return params
+
+    def f_nodes(self, params: Params, X: jax.Array) -> jax.Array:
+        n, nv = X.shape[0], len(self.nodes)
+        return self.f_net.apply(params["f"], self.at_nodes(params, X))[:, 0].reshape(n, nv)
+
+    def apply(self, params: Params, X: jax.Array) -> jax.Array:
+        """``(N, 3)``: ρ = ⟨f⟩, g = (f − ρ)/ε and f at the points' velocities."""
+        f = self.f_net.apply(params["f"], self.inputs(params, X, X[:, 2]))[:, 0]
+        rho = self.f_nodes(params, X) @ self.quadrature(X.dtype)[1]
+        return jnp.stack([rho, (f - rho) / X[:, 3], f], axis=1)
+
+    def kinetic(self, params: Params, X: jax.Array) -> jax.Array:
+        """√w_k (ε ∂_t f + v ∂_x f − (⟨f⟩ − f)/ε) at the nodes, ``(N, nv)``."""
+        shape = (X.shape[0], len(self.nodes))
+        value, grad = value_and_grads(self.f_net, params["f"], self.at_nodes(params, X), (0, 1))
+        d = grad[:, :, 0] * self.chain(X.dtype)
+        f, f_t, f_x = (a.reshape(shape) for a in (value[:, 0], d[:, 0], d[:, 1]))
+        eps, (v, w) = X[:, 3:4], self.quadrature(X.dtype)
+        rho = (f @ w)[:, None]
+        return jnp.sqrt(w) * (eps * f_t + v * f_x - (rho - f) / eps)
+
+
+def make_model(loss: str, encoding: EpsEncoding, t_final: float, nv: int):
+    """``model(net_spec, activation)`` for :attr:`Problem.model`."""
+    v, w = gauss_legendre(nv, -1.0, 1.0)
+    base = dict(encoding=encoding, t_final=t_final, nodes=tuple(v), weights=tuple(w / 2.0))
+    code = encoding.width
+
+    def model(spec: str, activation: str):
+        shared = dict(base, encoding=EpsEncoding(encoding.range, encoding.latent, activation))
+        if loss == "vanilla":
+            presets = {k: (g,) for k, (_, g) in NETS.items()}
+            (f_widths,) = parse_widths(spec, presets, 1, "f net")
+            return VanillaModel(**shared, f_net=MLP((3 + code, *f_widths, 1), activation))
+        rho_w, g_w = parse_widths(spec, NETS, 2, "rho net / g net")
+        return MicroMacroModel(**shared, rho_net=MLP((2 + code, *rho_w, 1), activation),
+                               g_net=MLP((3 + code, *g_w, 1), activation))
+
+    return model
+
+
+def reference_rho(eps: float, t_final: float, nx: int, nv: int) -> dict[str, np.ndarray]:
+    """ρ(T, ·) of :func:`solve_transport` on its nodes (walls and cell centres), cached."""
+    settings = {"eps": eps, "t_final": t_final, "nx": nx, "nv": nv}
+
+    def compute():
+        sol = solve_transport(eps, t_final, nx=nx, nv=nv)
+        return {"x": np.concatenate(([0.0], sol.x, [1.0])),
+                "rho": np.concatenate(([sol.rho_boundary[0]], sol.rho[-1], [sol.rho_boundary[1]]))}
+
+    return cached_reference(solve_transport, settings, compute)
+
+
+def transport(
+    eps: float | None = None,
+    eps_range: list[float] | None = None,
+    eps_sampling: str = "decades",
+    eps_embedding: int = 0,
+    T: float | None = None,
+    loss: str = "apnn",
+    nv: int = 30,
+    n_interior: int = 1024,
+    n_boundary: int = 512,
+    n_initial: int = 1024,
+    eval_eps: list[float] | None = None,
+    n_eval_x: int = 100,
+    reference_nx: int = 200,
+    reference_nv: int = 60,
+) -> Problem:
+    """Linear transport (module docstring).
+
+    ``eps``: one fixed ε; or ``eps_range = [eps_min, eps_max]`` (default [1e-8, 1] when neither
+    is given), ε drawn per point (``eps_sampling``: ``log-uniform`` or ``decades``, equal counts
+    per decade) and encoded as a network input (``eps_embedding``: 0 for the normalised log10 ε
+    itself, else the latent width of an embedding network). ``T``: final time (default 1 for a
+    fixed ε = 1, else 0.1, as in [APNN]). ``n_interior`` points each for ``micro`` and
+    ``macro`` (or ``kinetic``), redrawn every step. ``eval_eps``: evaluated ε values (default:
+    those of 1, 1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8 in the range, or the fixed ε).
+    ``reference_nx``/``reference_nv``: grid of the reference solver.
+    """
+    rng = parse_eps("transport", eps, [1e-8, 1.0] if eps is None and eps_range is None else eps_range)
+    if loss not in LOSSES:
+        raise ValueError(f"transport: loss {loss!r} unknown; choose from {', '.join(LOSSES)}")
+    if T is None:
+        T = 1.0 if rng.fixed and rng.lo == 1.0 else 0.1
+    if isinstance(T, bool) or not isinstance(T, (int, float)) or not T > 0:
+        raise ValueError(f"transport: T must be a positive number, got {T!r}")
+    T = float(T)
+    encoding = EpsEncoding(rng, eps_embedding)
+    if eval_eps is None:
+        eval_eps = [rng.lo] if rng.fixed else [e for e in EVAL_EPS if rng.contains(e)] or [rng.lo, rng.hi]
+    eval_eps = [float(e) for e in eval_eps]
+    if not all(e > 0 for e in eval_eps) or len({eps_tag(e) for e in eval_eps}) != len(eval_eps):
+        raise ValueError(f"transport: eval_eps must be distinct positive numbers, got {eval_eps!r}")
+
+    t_range, x_range, v_range = (0.0, T), (0.0, 1.0), (-1.0, 1.0)
+    interior = kinetic_sampler(t_range, x_range, v_range, rng, eps_sampling)
+    walls = kinetic_sampler(t_range, x_range, v_range, rng, eps_sampling, x_sides=True)
+    start = kinetic_sampler(t_range, x_range, v_range, rng, eps_sampling, t=0.0)
+    if loss == "apnn":
+        pde = (model_group("micro", interior, n_interior, lambda m, p, x: m.micro(p, x),
+                           WEIGHTS["micro"], "pde"),
+               model_group("macro", interior, n_interior, lambda m, p, x: m.macro(p, x),
+                           WEIGHTS["macro"], "pde"))
+    else:
+        pde = (model_group("kinetic", interior, n_interior, lambda m, p, x: m.kinetic(p, x),
+                           WEIGHTS["kinetic"], "pde"),)
+    groups = pde + (
+        model_group("boundary", walls, n_boundary, lambda m, p, x: m.boundary(p, x),
+                    WEIGHTS["boundary"], "boundary"),
+        model_group("initial", start, n_initial, lambda m, p, x: m.initial(p, x),
+                    WEIGHTS["initial"], "initial"),
+    )
+
+    references = {eps_tag(e): reference_rho(e, T, reference_nx, reference_nv) for e in eval_eps}
+    grid = eval_grid(eval_eps, T, x_range, n_eval_x)
+
+    def solution(points) -> np.ndarray:
+        """ρ at t = T for the evaluated ε values; NaN elsewhere and for g, f."""
+        points = np.asarray(points)
+        out = np.full((points.shape[0], len(FIELDS)), np.nan)
+        at_final = np.abs(points[:, 0] - T) <= 1e-12 * T
+        for e in eval_eps:
+            rows = at_final & (np.abs(points[:, 3] / e - 1.0) < 1e-9)
+            ref = references[eps_tag(e)]
+            out[rows, 0] = np.interp(points[rows, 1], ref["x"], ref["rho"])
+        return out
+
+    # A fixed ε still needs a box of positive width in the eps coordinate.
+    eps_hi = rng.hi * (1 + 1e-12) if rng.fixed else rng.hi
+    eps_text = f"eps={rng.lo:g}" if rng.fixed else f"eps in [{rng.lo:g}, {rng.hi:g}]"
+    return Problem(
+        name="transport",
+        domain=Box((0.0, 0.0, -1.0, rng.lo), (T, 1.0, 1.0, eps_hi)),
+        coords=("t", "x", "v", "eps"),
+        fields=FIELDS,
+        groups=groups,
+        solution=solution,
+        eval_sampler=lambda key, n: jnp.asarray(grid),
+        n_eval=grid.shape[0],
+        resample=True,
+        nets={k: () for k in NETS},
+        default_net="small",
+        description=f"linear transport, {loss} loss, {eps_text}, T={T:g}, nv={nv}",
+        model=make_model(loss, encoding, T, nv),
+        reference_fields=("rho",),
+        metrics=per_eps_metrics(eval_eps, FIELDS, ("rho",)),
+    )
