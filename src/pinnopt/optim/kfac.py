@@ -172,12 +172,13 @@ def loss_and_gradient(stats: list[PassStats]) -> tuple[Array, Matrices]:
     loss = 0.5 * sum(jnp.sum(s.residual**2) for s in stats)
     grads = []
     for layer in range(len(stats[0].inputs)):
-        grads.append(sum(
-            jnp.einsum("nso,nsi->oi",
-                       jnp.einsum("kn,knso->nso", s.residual, s.backprops[layer]),
-                       s.inputs[layer])
-            for s in stats
-        ))
+        total = 0.0
+        for s in stats:
+            a, g = s.inputs[layer], s.backprops[layer]
+            # Σ_k r_{k,n} g_{k,n,s}: the per-slot error of the loss, then one matrix product.
+            error = jnp.sum(s.residual[:, :, None, None] * g, axis=0)
+            total = total + error.reshape(-1, g.shape[-1]).T @ a.reshape(-1, a.shape[-1])
+        grads.append(total)
     return loss, grads
 
 
@@ -187,13 +188,21 @@ def jacobian_products(stats: list[PassStats], directions: list[Matrices]) -> Arr
     Exact: ``J_n vec(V) = Σ_{layers} Σ_s g_{n,s}ᵀ V a_{n,s}`` (the residual order differs from
     :meth:`Objective.residual_vector`, which does not matter for norms and inner products).
     """
+    m = len(directions)
     out = []
     for s in stats:
-        total = 0.0
+        c, n = s.residual.shape
+        total = jnp.zeros((m, c, n), s.residual.dtype)
         for layer, (a, g) in enumerate(zip(s.inputs, s.backprops)):
-            v = jnp.stack([d[layer] for d in directions])
-            total = total + jnp.einsum("knso,mnso->mkn", g, jnp.einsum("nsi,moi->mnso", a, v))
-        out.append(total.reshape(len(directions), -1))
+            fan_out = g.shape[-1]
+            # All directions' slot outputs V a_{n,s} in one matrix product, (N, S, m, out).
+            stacked = jnp.concatenate([d[layer] for d in directions])
+            outputs = (a.reshape(-1, a.shape[-1]) @ stacked.T).reshape(n, -1, m, fan_out)
+            # Elementwise product and sum rather than a dot batched over points, which XLA
+            # runs as N tiny products.
+            total = total + jnp.sum(g[:, :, :, None, :] * outputs[None], axis=(2, 4)
+                                    ).transpose(2, 0, 1)
+        out.append(total.reshape(m, -1))
     return jnp.concatenate(out, axis=1)
 
 
