@@ -6,6 +6,7 @@
     pinnopt report RUN
     pinnopt predict RUN --points FILE.npy [--out FILE.npy]
     pinnopt bench SUITE [--quick]
+    pinnopt diagnose gradient-noise --problem NAME [--formulation F[,F]] [--out DIR] ...
 
 Bad input gets one line on stderr and exit code 2; a diverged run exits with 3.
 """
@@ -95,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--quick", action="store_true", help="CI-sized smoke run")
     be.add_argument("--out", help="results directory (default benchmarks/results/<suite>)")
     be.add_argument("--no-progress", action="store_true")
+
+    dg = sub.add_parser("diagnose", help="diagnostics of a problem's training signal")
+    dg.add_argument("what", choices=("gradient-noise",),
+                    help="gradient-noise: SNR of the loss gradient per residual group")
+    dg.add_argument("--problem", required=True, help="problem name (see `pinnopt list problems`)")
+    dg.add_argument("--formulation", help="comma-separated, e.g. standard,first-order (default: all)")
+    dg.add_argument("--problem-opt", action="append", metavar="KEY=VALUE",
+                    help="problem option, e.g. n_interior=2000 (repeatable)")
+    dg.add_argument("--net", help="net preset of the problem (or sizes, one formulation only)")
+    dg.add_argument("--seed", type=int, default=0)
+    dg.add_argument("--steps", help="Adam steps at which to measure, e.g. 0,100 (default)")
+    dg.add_argument("--batches", type=int, help="re-drawn batches per SNR estimate (16)")
+    dg.add_argument("--eps", help="output-layer perturbation sizes, e.g. 1e-3,1e-2,1e-1")
+    dg.add_argument("--out", help="output directory (default runs/diagnose-<problem>-seed<seed>)")
     return parser
 
 
@@ -200,8 +215,38 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _number_list(text: str | None, flag: str, kind):
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise UsageError(f"{flag} expects comma-separated numbers, got {text!r}")
+    return values
+
+
+def cmd_diagnose(args) -> int:
+    from dataclasses import replace
+
+    from pinnopt import diagnose
+
+    settings = diagnose.NoiseSettings()
+    changes = {"steps": _number_list(args.steps, "--steps", int),
+               "eps": _number_list(args.eps, "--eps", float), "batches": args.batches}
+    settings = replace(settings, **{k: v for k, v in changes.items() if v is not None})
+    forms = [f.strip() for f in args.formulation.split(",")] if args.formulation else None
+    out = Path(args.out) if args.out else Path("runs") / f"diagnose-{args.problem}-seed{args.seed}"
+    results = diagnose.gradient_noise(args.problem, forms, _key_values(args.problem_opt, "--problem-opt"),
+                                      net=args.net, seed=args.seed, settings=settings, out=out)
+    print(diagnose.summary(results))
+    print(f"wrote {out / diagnose.JSON_NAME} and {out / diagnose.FIGURE_NAME}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "list": cmd_list, "report": cmd_report,
-            "predict": cmd_predict, "bench": cmd_bench}
+            "predict": cmd_predict, "bench": cmd_bench, "diagnose": cmd_diagnose}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
