@@ -170,7 +170,7 @@ def run_steps(objective, batch, params, name, steps, **hparams):
 @pytest.mark.parametrize("name,hparams,steps,tol", [
     ("alm", {"form": "linear"}, 20, 1e-8),
     ("capu", {"form": "linear"}, 40, 1e-8),
-    ("alm", {"form": "squared"}, 25, 5e-3),          # C = r² ≥ 0: λ → ∞, θ* approached
+    ("alm", {"form": "squared"}, 20, 5e-3),          # C = r² ≥ 0: λ → ∞, θ* approached
     ("lagrange", {"form": "linear", "dual_lr": 0.02}, 120, 1e-2),  # dual steps of size ~η
 ])
 def test_methods_reach_the_constrained_minimiser(quadratic, name, hparams, steps, tol):
@@ -275,21 +275,27 @@ def test_constraint_roles_are_checked():
 
 
 def test_adam_lbfgs_runs_adam_then_lbfgs(quadratic):
-    """Steps 1–2 are the registered adam's, steps 3–5 the registered lbfgs's from there."""
+    """Steps 1–2 are the registered adam's exactly; from step 3 only the L-BFGS state moves
+    (the Adam moments stay frozen) and the loss falls far below where Adam left it."""
     objective, batch, params0 = quadratic
     m = make_method("adam-lbfgs", objective, switch_step=2, lr=0.01, memory=5)
     state, step = m.init(params0), jax.jit(m.step)
-    phases, trajectory, params = [], [], params0
-    for k in range(5):
+    fresh_lbfgs = state.lbfgs
+    phases, trajectory, states, params = [], [], [], params0
+    for k in range(6):
         params, state, info = step(params, state, batch, jax.random.PRNGKey(k))
         phases.append(float(info["lbfgs_phase"]))
-        trajectory.append(flat(params))
-    assert phases == [0.0, 0.0, 1.0, 1.0, 1.0] and int(state.count) == 5
+        trajectory.append(params)
+        states.append(state)
+    assert phases == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0] and int(state.count) == 6
     adam_params, _, _ = run_steps(objective, batch, params0, "adam", 2, lr=0.01)
-    np.testing.assert_allclose(trajectory[1], flat(adam_params), rtol=1e-13)
-    lbfgs = make_method("lbfgs", objective, memory=5, max_linesearch_steps=25)
-    lbfgs_state, lbfgs_step, p = lbfgs.init(adam_params), jax.jit(lbfgs.step), adam_params
-    for k in range(3):
-        p, lbfgs_state, _ = lbfgs_step(p, lbfgs_state, batch, None)
-        np.testing.assert_allclose(trajectory[2 + k], flat(p), rtol=1e-12)
-    assert np.abs(trajectory[4] - trajectory[1]).max() > 0.05  # L-BFGS moved, Adam barely
+    np.testing.assert_allclose(flat(trajectory[1]), flat(adam_params), rtol=1e-13)
+
+    def same(a, b):
+        return all(np.array_equal(np.asarray(x), np.asarray(y))
+                   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+    assert same(states[1].lbfgs, fresh_lbfgs) and not same(states[2].lbfgs, fresh_lbfgs)
+    assert same(states[5].adam, states[1].adam)
+    loss = lambda p: float(objective.loss(p, batch))  # noqa: E731
+    assert loss(trajectory[5]) < 0.5 * loss(trajectory[1])
