@@ -16,6 +16,7 @@ def test_snr_statistics_of_known_gradients():
     stats = diagnose._snr(grads)
     assert stats["signal"] == 1.0 and stats["noise"] == 2.0
     assert stats["snr"] == 0.5 and stats["snr_debiased"] == (1.0 - 2.0 / 2) / 2.0
+    assert not stats["fixed"] and diagnose._snr(np.ones((3, 2)))["fixed"]
     # Pure noise sits near the floor 1/B; a shared signal lifts it far above.
     rng = np.random.default_rng(0)
     noise = rng.normal(size=(16, 4000))
@@ -47,12 +48,13 @@ def test_gradient_noise_writes_json_and_figure(tmp_path):
     groups = standard["stages"][0]["groups"]
     assert set(groups) == {"interior", "boundary", "total"}
     assert groups["interior"]["order"] == 2 and groups["boundary"]["order"] == 0
+    for name in ("interior", "total"):
+        assert groups[name]["noise"] > 0 and np.isfinite(groups[name]["snr"])
     for stats in groups.values():
-        assert stats["noise"] >= 0 and np.isfinite(stats["snr"])
         assert set(stats["sensitivity"]) == {"0.001", "0.01"}
     # The two boundary points never move, so their gradient has no batch noise; a value
     # residual of the only output passes the output perturbation on unchanged.
-    assert groups["boundary"]["noise"] < 1e-20 * max(groups["boundary"]["signal"], 1.0)
+    assert groups["boundary"]["fixed"] and groups["boundary"]["snr"] is None
     assert abs(groups["boundary"]["amplification"]["0.001"] - 1.0) < 1e-9
     # The perturbation's effect on the gradient grows with its size.
     sens = groups["total"]["sensitivity"]

@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("--steps", help="Adam steps at which to measure, e.g. 0,100 (default)")
     dg.add_argument("--batches", type=int, help="re-drawn batches per SNR estimate (16)")
     dg.add_argument("--eps", help="output-layer perturbation sizes, e.g. 1e-3,1e-2,1e-1")
+    dg.add_argument("--draws", type=int, help="random perturbations per size (8)")
     dg.add_argument("--out", help="output directory (default runs/diagnose-<problem>-seed<seed>)")
     return parser
 
@@ -234,7 +235,8 @@ def cmd_diagnose(args) -> int:
 
     settings = diagnose.NoiseSettings()
     changes = {"steps": _number_list(args.steps, "--steps", int),
-               "eps": _number_list(args.eps, "--eps", float), "batches": args.batches}
+               "eps": _number_list(args.eps, "--eps", float), "batches": args.batches,
+               "draws": args.draws}
     settings = replace(settings, **{k: v for k, v in changes.items() if v is not None})
     forms = [f.strip() for f in args.formulation.split(",")] if args.formulation else None
     out = Path(args.out) if args.out else Path("runs") / f"diagnose-{args.problem}-seed{args.seed}"

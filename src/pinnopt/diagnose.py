@@ -59,7 +59,7 @@ class NoiseSettings:
     steps: tuple[int, ...] = (0, 100)
     batches: int = 16
     eps: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
-    draws: int = 4
+    draws: int = 8
     lr: float = 1e-3
 
     def __post_init__(self):
@@ -129,18 +129,21 @@ class _Probe:
         return float(sum(self.losses_and_gradients(params, batch)[0].values()))
 
 
-def _snr(grads: np.ndarray) -> dict[str, float]:
-    """SNR statistics of gradients ``(B, D)`` from ``B`` batches."""
+def _snr(grads: np.ndarray) -> dict[str, Any]:
+    """SNR statistics of gradients ``(B, D)`` from ``B`` batches. A group whose points do not
+    change between batches (fixed boundary points) has no batch noise: its ``snr`` is
+    ``None`` and ``fixed`` is true."""
     b = grads.shape[0]
     mean = grads.mean(axis=0)
     noise = float(np.sum(grads.var(axis=0, ddof=1)))
     signal = float(mean @ mean)
-    tiny = np.finfo(float).tiny
+    fixed = noise <= 1e-20 * signal or noise == 0.0
     return {
         "signal": signal,
         "noise": noise,
-        "snr": signal / max(noise, tiny),
-        "snr_debiased": (signal - noise / b) / max(noise, tiny),
+        "snr": None if fixed else signal / noise,
+        "snr_debiased": None if fixed else (signal - noise / b) / noise,
+        "fixed": fixed,
         "grad_norm": float(np.sqrt(np.mean(np.sum(grads**2, axis=1)))),
     }
 
@@ -263,18 +266,25 @@ def gradient_noise(problem: str, formulations: Sequence[str] | None = None,
 def summary(results: dict[str, Any]) -> str:
     """A table of the results: per formulation, stage and group."""
     eps = [f"{e:g}" for e in results["settings"]["eps"]]
+    small = eps[int(np.argmin(results["settings"]["eps"]))]
     lines = [f"gradient noise of {results['problem']} {results['options'] or ''} "
              f"(B = {results['settings']['batches']} batches; noise floor of snr = "
-             f"{1 / results['settings']['batches']:.3g})",
+             f"{1 / results['settings']['batches']:.3g}; amp = rms Δr / rms Δu at ε = {small})",
              f"{'formulation':<12} {'step':>5} {'group':<12} {'role':<10} {'k':>2} {'snr':>10} "
-             f"{'debiased':>10} " + " ".join(f"{'dg/g@' + e:>11}" for e in eps)]
+             f"{'debiased':>10} {'amp':>9} " + " ".join(f"{'dg/g@' + e:>11}" for e in eps)]
+
+    def num(value, width):
+        return f"{'fixed':>{width}}" if value is None else f"{value:>{width}.3e}"
+
     for form, res in results["formulations"].items():
         for stage in res["stages"]:
             for name, st in stage["groups"].items():
                 order = "" if st.get("order") is None else str(st["order"])
+                amp = st.get("amplification", {}).get(small)
                 lines.append(
                     f"{form:<12} {stage['step']:>5} {name:<12} {st.get('role', 'sum'):<10} "
-                    f"{order:>2} {st['snr']:>10.3e} {st['snr_debiased']:>10.3e} "
+                    f"{order:>2} {num(st['snr'], 10)} {num(st['snr_debiased'], 10)} "
+                    f"{'' if amp is None else f'{amp:.3g}':>9} "
                     + " ".join(f"{st['sensitivity'][e]:>11.3e}" for e in eps))
     return "\n".join(lines)
 
@@ -306,7 +316,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
                 colour = colours.get(order, "0.4")
                 label = f"{form}\n{name}" + (f" (k={order})" if order is not None else "")
                 labels.append(label)
-                snr.append(max(stats["snr"], 1e-12))
+                # Fixed points (no batch noise) get no bar.
+                snr.append(np.nan if stats["snr"] is None else max(stats["snr"], 1e-12))
                 bar_colours.append(colour)
                 eps = [float(e) for e in stats["sensitivity"]]
                 ax_sens.loglog(eps, list(stats["sensitivity"].values()), styles[fi % 4],
@@ -321,7 +332,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
                        label="noise floor 1/B")
         ax_snr.set_yscale("log")
         ax_snr.set_xticks(range(len(labels)), labels, rotation=70, fontsize=7)
-        ax_snr.set_ylabel("SNR  ‖E g‖² / E‖g − E g‖²")
+        ax_snr.set_ylabel("SNR  ‖E g‖² / E‖g − E g‖²  (no bar: fixed points)")
         ax_snr.legend(fontsize=7)
         ax_sens.set_xlabel("ε (relative output-layer perturbation)")
         ax_sens.set_ylabel("‖Δg‖ / ‖g‖")
