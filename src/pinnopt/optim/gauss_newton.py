@@ -1,0 +1,357 @@
+"""Gauss–Newton methods: energy natural gradient (ENGD) and Hessian-free (METHODS.md §3, §5).
+
+Both work on the stacked scaled residual ``r(θ) ∈ R^N`` with ``L = ½‖r‖²`` and its Jacobian
+``J ∈ R^{N×D}``, whose Gramian ``G = JᵀJ`` is the Gauss–Newton matrix of ``L`` (and, for a
+linear PDE operator, the energy Gramian of [ENGD]). With ``∇L = Jᵀr``:
+
+    ENGD          Δ = −(G + λI)⁺ ∇L                       (G formed, factorised)
+    Hessian-free  (G + λI) p = −∇L by conjugate gradients  (G never formed: G v = Jᵀ(J v))
+
+and then ``θ ← θ + αΔ`` with the grid line search ``α ∈ {2^-k}`` (α = 0 if nothing decreases).
+
+ENGD variants (static, chosen when the step is traced):
+
+    full      the D×D system; Cholesky of G + λI, or an eigendecomposition pseudo-inverse
+    layer     G restricted to its diagonal blocks, one per linear layer [W, b]
+    woodbury  the N×N system in sample space: Δ = −Jᵀ (JJᵀ + λI)⁺ r, cheaper when N < D
+    auto      woodbury when N < D, else full
+
+``J`` is built group by group from per-point gradients (``vmap`` of a reverse-mode Jacobian
+of one point's residual), which costs a few forward passes; reverse mode over the stacked
+residual would cost N of them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from pinnopt.nets import Params
+from pinnopt.optim.base import Method, MethodSpec, register
+from pinnopt.optim.gramian import flatten, gramian_vector_product
+from pinnopt.optim.linesearch import apply_step, grid_line_search
+from pinnopt.residuals import Batch, Objective
+
+VARIANTS = ("auto", "full", "layer", "woodbury")
+SOLVERS = ("cholesky", "eigh")
+
+
+# ---------------------------------------------------------------------------------------------
+# The Jacobian and the damped solves
+
+
+def residual_and_jacobian(objective: Objective, params: Params, batch: Batch
+                          ) -> tuple[jax.Array, jax.Array]:
+    """The stacked scaled residual ``r (N,)`` and its Jacobian ``J (N, D)``.
+
+    Rows follow :meth:`Objective.residual_vector` (groups in order, points, then components);
+    columns follow :func:`flatten` of ``params``. Each point's residual depends only on that
+    point, so ``J`` is a ``vmap`` over points of one point's Jacobian.
+    """
+    scales = objective.scales(batch)
+    residuals, rows = [], []
+    for group in objective.groups:
+        scale = scales[group.name]
+
+        def point_residual(p, x, group=group, scale=scale):
+            r = scale * group.residual(objective.net, p, x[None]).ravel()
+            return r, r
+
+        jac, r = jax.vmap(jax.jacrev(point_residual, has_aux=True), in_axes=(None, 0))(
+            params, batch[group.name])
+        n, c = r.shape
+        leaves = jax.tree_util.tree_leaves(jac)  # (n, c, *leaf shape), in flatten's order
+        rows.append(jnp.concatenate([leaf.reshape(n * c, -1) for leaf in leaves], axis=1))
+        residuals.append(r.ravel())
+    return jnp.concatenate(residuals), jnp.concatenate(rows, axis=0)
+
+
+def layer_sizes(params: Params) -> list[int]:
+    """Entries of each linear layer's ``[W, b]`` block, in :func:`flatten` order."""
+    return [sum(leaf.size for leaf in jax.tree_util.tree_leaves(layer)) for layer in params]
+
+
+def pinv_solve(matrix: jax.Array, rhs: jax.Array, damping: jax.Array | float) -> jax.Array:
+    """``(M + λI)⁺ b`` for symmetric positive semi-definite ``M (n, n)``, ``b (n,)``.
+
+    From ``M = V diag(e) Vᵀ``: eigenvalues ``e_i + λ`` at or below ``n · ε_mach · max_i(e_i + λ)``
+    count as zero (the cutoff of ``numpy.linalg.lstsq``, which [ENGD] uses), so directions
+    that round-off cannot resolve are left out rather than amplified.
+    """
+    eigenvalues, vectors = jnp.linalg.eigh(matrix)
+    shifted = eigenvalues + damping
+    cutoff = matrix.shape[0] * jnp.finfo(matrix.dtype).eps * jnp.max(shifted)
+    kept = shifted > cutoff
+    coefficients = jnp.where(kept, (vectors.T @ rhs) / jnp.where(kept, shifted, 1.0), 0.0)
+    return vectors @ coefficients
+
+
+def damped_solve(matrix: jax.Array, rhs: jax.Array, damping: jax.Array | float, solver: str
+                 ) -> tuple[jax.Array, jax.Array]:
+    """``(M + λI)⁻¹ b`` for symmetric PSD ``M``; returns the solution and whether it fell back.
+
+    ``solver="cholesky"``: Cholesky of ``M + λI``; when round-off makes it fail (the factor has
+    non-finite entries, i.e. ``M + λI`` is not numerically positive definite) the
+    :func:`pinv_solve` pseudo-inverse is used instead (``fallback = 1``).
+    ``solver="eigh"``: always the pseudo-inverse.
+    """
+    if solver == "eigh":
+        return pinv_solve(matrix, rhs, damping), jnp.ones((), matrix.dtype)
+    damped = matrix + damping * jnp.eye(matrix.shape[0], dtype=matrix.dtype)
+    factor = jnp.linalg.cholesky(damped)
+    ok = jnp.all(jnp.isfinite(factor))
+    solution = lax.cond(
+        ok,
+        lambda: jax.scipy.linalg.cho_solve((factor, True), rhs),
+        lambda: pinv_solve(matrix, rhs, damping),
+    )
+    return solution, 1.0 - ok.astype(matrix.dtype)
+
+
+def engd_memory_bytes(variant: str, n: int, sizes: list[int], itemsize: int) -> int:
+    """Estimated peak bytes of one ENGD step: ``J`` and its per-group pieces (2·N·D), plus the
+    system matrix, its factor and an eigendecomposition fallback (3·K² per K×K system)."""
+    d = sum(sizes)
+    systems = {"full": [d], "layer": sizes, "woodbury": [n]}[variant]
+    return itemsize * (2 * n * d + 3 * sum(k * k for k in systems))
+
+
+def resolve_variant(variant: str, n: int, d: int) -> str:
+    if variant == "auto":
+        return "woodbury" if n < d else "full"
+    return variant
+
+
+def engd_direction(jac: jax.Array, residual: jax.Array, damping: float, variant: str,
+                   solver: str, sizes: list[int]) -> tuple[jax.Array, jax.Array]:
+    """The ENGD direction ``Δ = −(JᵀJ + λI)⁻¹ Jᵀ r`` (flat, ``(D,)``) of a resolved ``variant``,
+    and whether the solve fell back to the pseudo-inverse (the largest over blocks)."""
+    if variant == "woodbury":
+        # (JᵀJ + λI)⁻¹ Jᵀ = Jᵀ (JJᵀ + λI)⁻¹: the same step from an N×N system.
+        coefficients, fallback = damped_solve(jac @ jac.T, residual, damping, solver)
+        return -(jac.T @ coefficients), fallback
+    gradient = jac.T @ residual
+    if variant == "full":
+        solution, fallback = damped_solve(jac.T @ jac, gradient, damping, solver)
+        return -solution, fallback
+    pieces, fallbacks, start = [], [], 0
+    for size in sizes:
+        block = jac[:, start:start + size]
+        solution, fallback = damped_solve(block.T @ block, gradient[start:start + size],
+                                          damping, solver)
+        pieces.append(-solution)
+        fallbacks.append(fallback)
+        start += size
+    return jnp.concatenate(pieces), jnp.max(jnp.stack(fallbacks))
+
+
+# ---------------------------------------------------------------------------------------------
+# ENGD
+
+
+class EngdState(NamedTuple):
+    damping: jax.Array  # the current λ (constant unless ``adapt_damping``)
+
+
+def engd(objective: Objective, variant: str, damping: float, solver: str, adapt_damping: bool,
+         max_memory_gb: float, line_search_candidates: int) -> Method:
+    """Energy natural gradient / Gauss–Newton with a grid line search ([ENGD], METHODS.md §3).
+
+    ``damping`` is the absolute ``λ`` added to ``G`` (for the scaled loss ``L = ½‖r‖²``, so the
+    values tuned in [KFAC], 0 to 1e-8, carry over). With ``adapt_damping`` (an extension, off
+    by default) ``λ`` follows Martens' rule (:func:`martens_damping`) on the reduction ratio of
+    the full step, ``ρ = (L(θ + Δ) − L(θ)) / (∇LᵀΔ + ½‖JΔ‖²)``, as in Hessian-free.
+    ``max_memory_gb`` bounds the estimated memory of ``J`` and the system
+    (:func:`engd_memory_bytes`); a larger problem raises a ``ValueError`` when the step is
+    traced instead of running out of memory.
+    State: :class:`EngdState`. Info: ``loss``, ``step_size`` (α), ``damping`` (the λ used),
+    ``pseudo_inverse`` (1 when the pseudo-inverse was used: ``solver="eigh"``, or a Cholesky
+    factorisation failed), and ``rho`` with ``adapt_damping``.
+    """
+    if not damping >= 0:
+        raise ValueError(f"engd: damping must be non-negative, got {damping}")
+    if not max_memory_gb > 0:
+        raise ValueError(f"engd: max_memory_gb must be positive, got {max_memory_gb}")
+    if line_search_candidates < 1:
+        raise ValueError(f"engd: line_search_candidates must be at least 1, got {line_search_candidates}")
+
+    def init(params):
+        flat, _ = flatten(params)
+        return EngdState(jnp.asarray(damping, flat.dtype))
+
+    def step(params, state, batch, key):
+        flat, unravel = flatten(params)
+        sizes = layer_sizes(params)
+        d = flat.size
+        n = jax.eval_shape(objective.residual_vector, params, batch).shape[0]
+        resolved = resolve_variant(variant, n, d)
+        needed = engd_memory_bytes(resolved, n, sizes, flat.dtype.itemsize)
+        if needed > max_memory_gb * 1e9:
+            raise ValueError(
+                f"engd ({resolved}): D = {d} parameters and N = {n} residuals need about "
+                f"{needed / 1e9:.3g} GB, over max_memory_gb = {max_memory_gb:g}; use fewer "
+                f"points, variant 'layer' or 'woodbury', or method 'hessian-free'"
+            )
+        loss_fn = lambda p: objective.loss(p, batch)  # noqa: E731
+        residual, jac = residual_and_jacobian(objective, params, batch)
+        loss = 0.5 * jnp.sum(residual**2)
+        lam = state.damping
+        flat_direction, fallback = engd_direction(jac, residual, lam, resolved, solver, sizes)
+        direction = unravel(flat_direction)
+        alpha, _ = grid_line_search(loss_fn, params, direction, loss, line_search_candidates)
+        info = {"loss": loss, "step_size": alpha, "damping": lam, "pseudo_inverse": fallback}
+        if adapt_damping:
+            predicted = (jac.T @ residual) @ flat_direction + 0.5 * jnp.sum((jac @ flat_direction) ** 2)
+            info["rho"] = (loss_fn(apply_step(params, direction, 1.0)) - loss) / predicted
+            state = EngdState(martens_damping(lam, info["rho"]))
+        return apply_step(params, direction, alpha), state, info
+
+    return Method(init, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hessian-free
+
+
+class CGResult(NamedTuple):
+    solution: jax.Array
+    iterations: jax.Array
+    residual_norm: jax.Array
+
+
+def conjugate_gradient(operator: Callable[[jax.Array], jax.Array], rhs: jax.Array,
+                       start: jax.Array, max_iterations: int, tol: float) -> CGResult:
+    """Conjugate gradients for ``A x = b`` with ``A`` symmetric positive definite, from ``start``.
+
+    Stops when ``‖b − A x‖ ≤ tol · ‖b‖`` or after ``max_iterations`` products with ``A``.
+    """
+    threshold = tol * jnp.linalg.norm(rhs)
+    residual = rhs - operator(start)
+    norm_sq = residual @ residual
+    tiny = jnp.finfo(rhs.dtype).tiny
+
+    def keep_going(carry):
+        _, _, _, norm_sq, it = carry
+        return (it < max_iterations) & (jnp.sqrt(norm_sq) > threshold)
+
+    def body(carry):
+        x, residual, search, norm_sq, it = carry
+        product = operator(search)
+        alpha = norm_sq / jnp.maximum(search @ product, tiny)
+        x = x + alpha * search
+        residual = residual - alpha * product
+        new_norm_sq = residual @ residual
+        search = residual + (new_norm_sq / jnp.maximum(norm_sq, tiny)) * search
+        return x, residual, search, new_norm_sq, it + 1
+
+    carry = (start, residual, residual, norm_sq, jnp.zeros((), jnp.int32))
+    x, _, _, norm_sq, iterations = lax.while_loop(keep_going, body, carry)
+    return CGResult(x, iterations, jnp.sqrt(norm_sq))
+
+
+def martens_damping(damping: jax.Array, ratio: jax.Array) -> jax.Array:
+    """Martens' (2010) rule: ``λ·3/2`` if ``ρ < 1/4``, ``λ·2/3`` if ``ρ > 3/4``, else ``λ``.
+
+    A non-finite ``ρ`` counts as ``ρ < 1/4``. ``λ`` is kept at least ``1e-30`` so that it can
+    grow again after a long run of good steps.
+    """
+    bad = ~jnp.isfinite(ratio) | (ratio < 0.25)
+    good = jnp.isfinite(ratio) & (ratio > 0.75)
+    new = jnp.where(bad, damping * 1.5, jnp.where(good, damping * (2.0 / 3.0), damping))
+    return jnp.maximum(new, 1e-30)
+
+
+class HessianFreeState(NamedTuple):
+    direction: jax.Array  # the previous CG solution p, flat (D,)
+    damping: jax.Array    # the current λ
+
+
+def hessian_free(objective: Objective, damping: float, cg_iters: int, cg_tol: float,
+                 adapt_damping: bool, warm_start: bool, line_search_candidates: int) -> Method:
+    """Hessian-free (Gauss–Newton–CG) with Martens' damping and the grid line search (§5).
+
+    Each step solves ``(G + λI) p = −∇L`` by :func:`conjugate_gradient` with Gramian–vector
+    products ``G v = Jᵀ(J v)`` (:func:`gramian_vector_product`), starting from the previous
+    ``p`` (``warm_start``; from 0 when the previous ``p`` does not lower the damped quadratic
+    model). The reduction ratio at the CG solution
+
+        ρ = (L(θ + p) − L(θ)) / (∇Lᵀp + ½ pᵀGp)        (the undamped Gauss–Newton model)
+
+    adapts ``λ`` (:func:`martens_damping`) when ``adapt_damping``; the step is then ``α p`` with
+    the grid line search. State: :class:`HessianFreeState`. Info: ``loss``, ``step_size``,
+    ``damping`` (the λ used), ``rho``, ``cg_iterations``, ``cg_residual`` (relative).
+    """
+    if not damping >= 0:
+        raise ValueError(f"hessian-free: damping must be non-negative, got {damping}")
+    if cg_iters < 1:
+        raise ValueError(f"hessian-free: cg_iters must be at least 1, got {cg_iters}")
+    if not cg_tol >= 0:
+        raise ValueError(f"hessian-free: cg_tol must be non-negative, got {cg_tol}")
+    if line_search_candidates < 1:
+        raise ValueError(
+            f"hessian-free: line_search_candidates must be at least 1, got {line_search_candidates}")
+
+    def init(params):
+        flat, _ = flatten(params)
+        return HessianFreeState(jnp.zeros_like(flat), jnp.asarray(damping, flat.dtype))
+
+    def step(params, state, batch, key):
+        flat, unravel = flatten(params)
+        loss_fn = lambda p: objective.loss(p, batch)  # noqa: E731
+        loss, grad_tree = jax.value_and_grad(loss_fn)(params)
+        gradient, _ = flatten(grad_tree)
+        gvp_tree = gramian_vector_product(objective, params, batch)
+
+        def gramian(v):
+            return flatten(gvp_tree(unravel(v)))[0]
+
+        lam = state.damping
+
+        def damped(v):
+            return gramian(v) + lam * v
+
+        start = jnp.zeros_like(flat)
+        if warm_start:
+            previous = state.direction
+            model = 0.5 * previous @ damped(previous) + gradient @ previous
+            start = jnp.where(model < 0, previous, start)
+        cg = conjugate_gradient(damped, -gradient, start, cg_iters, cg_tol)
+        p = cg.solution
+
+        predicted = gradient @ p + 0.5 * p @ gramian(p)
+        actual = loss_fn(apply_step(params, unravel(p), 1.0)) - loss
+        rho = actual / predicted
+        new_damping = martens_damping(lam, rho) if adapt_damping else lam
+
+        direction = unravel(p)
+        alpha, _ = grid_line_search(loss_fn, params, direction, loss, line_search_candidates)
+        info = {
+            "loss": loss,
+            "step_size": alpha,
+            "damping": lam,
+            "rho": rho,
+            "cg_iterations": cg.iterations,
+            "cg_residual": cg.residual_norm / jnp.maximum(jnp.linalg.norm(gradient),
+                                                          jnp.finfo(flat.dtype).tiny),
+        }
+        return apply_step(params, direction, alpha), HessianFreeState(p, new_damping), info
+
+    return Method(init, step)
+
+
+register(MethodSpec(
+    "engd", engd,
+    {"variant": "auto", "damping": 0.0, "solver": "eigh", "adapt_damping": False,
+     "max_memory_gb": 4.0, "line_search_candidates": 31},
+    "energy natural gradient (Gauss–Newton, dense Gramian) with a grid line search",
+    {"variant": VARIANTS, "solver": SOLVERS},
+))
+register(MethodSpec(
+    "hessian-free", hessian_free,
+    {"damping": 1e-3, "cg_iters": 250, "cg_tol": 1e-10, "adapt_damping": True,
+     "warm_start": True, "line_search_candidates": 31},
+    "Hessian-free: Gauss–Newton by conjugate gradients, Martens damping, grid line search",
+))
