@@ -76,6 +76,24 @@ def registered_toy():
     PROBLEMS.pop(TOY, None)
 
 
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for this module's trainer runs: a resumed run compiles
+    the same step function again, and every method's runs share one evaluation function."""
+    from jax._src import compilation_cache as cache
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {name: getattr(jax.config, name) for name in names}
+    for name, value in zip(names, (str(tmp_path_factory.mktemp("jax-cache")), 0.0, 0)):
+        jax.config.update(name, value)
+    cache.reset_cache()
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    cache.reset_cache()
+
+
 def toy_objective(**options):
     problem = toy_problem(**options)
     return Objective(problem, MLP((2, 6, 1)))
@@ -207,46 +225,67 @@ def test_sum_with_adam_is_plain_adam_on_the_total_loss():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-11, atol=1e-14)
 
 
-@pytest.mark.parametrize("method", AGGREGATOR_METHODS)
-def test_each_method_resumes_exactly_and_logs_diagnostics(method, registered_toy, tmp_path):
-    """k steps, checkpoint, resume to 2k == 2k uninterrupted steps; diagnostics in the history."""
+def trainer_config(toy, method, tasks, steps):
+    return RunConfig(problem=toy, method=method, net="small", steps=steps, time_budget=None,
+                     plots=False, checkpoint_every=0.0, eval_ratio=1.5,
+                     hparams={"tasks": tasks, "lr": 1e-2})
+
+
+def assert_diagnostics_logged(run_dir, tasks):
+    row = read_history(run_dir)[-1]
+    labels = mt.make_task_split(toy_objective(), tasks).labels
+    for key in ("cos_min", "cos_mean", "conflict_fraction", "update_cos_min",
+                *(f"task_loss_{label}" for label in labels),
+                *(f"task_rate_{label}" for label in labels)):
+        assert np.isfinite(row[f"method_{key}"]), key
+    task_sum = sum(row[f"method_task_loss_{label}"] for label in labels)
+    assert task_sum > 0
+
+
+@pytest.mark.parametrize("method,tasks", [
+    ("pcgrad", "groups"),               # draws its task orders from the step key
+    ("mconfig", "groups"),              # stateful aggregator, plain SGD
+    ("hrgrad", "groups+eps-decades"),   # the method the ε tasks are for, with eight tasks
+])
+def test_method_resumes_exactly_and_logs_diagnostics(method, tasks, registered_toy,
+                                                     compilation_cache, tmp_path):
+    """k trainer steps, checkpoint, resume to 2k == 2k uninterrupted steps."""
     k = 3
-
-    def config(steps):
-        return RunConfig(problem=registered_toy, method=method, net="small", steps=steps,
-                         time_budget=None, plots=False, checkpoint_every=0.0, eval_ratio=1.5,
-                         hparams={"tasks": "groups+eps-decades", "lr": 1e-2})
-
-    full = train(config(2 * k), tmp_path / "full", progress=False, log=lambda _: None)
-    train(config(k), tmp_path / "part", progress=False, log=lambda _: None)
-    part = resume(tmp_path / "part", steps=2 * k, progress=False, log=lambda _: None)
+    quiet = dict(progress=False, log=lambda _: None)
+    full = train(trainer_config(registered_toy, method, tasks, 2 * k), tmp_path / "full", **quiet)
+    train(trainer_config(registered_toy, method, tasks, k), tmp_path / "part", **quiet)
+    part = resume(tmp_path / "part", steps=2 * k, **quiet)
     assert part["steps"] == full["steps"] == 2 * k
     a, _ = checkpoint.load(tmp_path / "part" / "checkpoint.pkl")
     b, _ = checkpoint.load(tmp_path / "full" / "checkpoint.pkl")
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         if isinstance(x, np.ndarray):
             np.testing.assert_array_equal(x, y)
-    row = read_history(tmp_path / "full")[-1]
-    for key in ("cos_min", "conflict_fraction", "update_cos_min",
-                "task_loss_interior_eps1e-4", "task_rate_boundary_eps1e-1"):
-        assert np.isfinite(row[f"method_{key}"]), key
-    task_sum = sum(v for key, v in row.items() if key.startswith("method_task_loss_"))
-    assert task_sum > 0
+    assert_diagnostics_logged(tmp_path / "full", tasks)
+    if method == "hrgrad":
+        # Rows at steps s and s + 1 carry the task losses of steps s − 1 and s, and the rate
+        # of step s is their relative decrease.
+        rows = {r["step"]: r for r in read_history(tmp_path / "full")}
+        before, after = rows[2], rows[3]
+        for key in ("interior_eps1e-2", "boundary_eps1e-4"):
+            old, new = before[f"method_task_loss_{key}"], after[f"method_task_loss_{key}"]
+            np.testing.assert_allclose(after[f"method_task_rate_{key}"], (old - new) / old)
+        assert rows[1]["method_task_rate_interior_eps1e-2"] == 0.0  # no previous step
+        # HRGrad's update never opposes a task gradient.
+        assert all(r["method_update_cos_min"] >= 0 for r in rows.values() if r["step"] > 0)
 
 
-def test_task_rate_is_the_relative_decrease_since_the_previous_step():
-    objective, params, batch = setup()
-    method = make_method("hrgrad", objective, tasks="groups", lr=1e-2)
-    step = jax.jit(method.step)
-    state = method.init(params)
-    p1, state, info0 = step(params, state, batch, jax.random.PRNGKey(0))
-    assert float(info0["task_rate_interior"]) == 0.0
-    _, _, info1 = step(p1, state, batch, jax.random.PRNGKey(1))
-    for label in ("interior", "boundary"):
-        before, after = float(info0[f"task_loss_{label}"]), float(info1[f"task_loss_{label}"])
-        np.testing.assert_allclose(float(info1[f"task_rate_{label}"]), (before - after) / before)
-    # HRGrad's update never opposes a task gradient.
-    assert float(info1["update_cos_min"]) >= 0
+@pytest.mark.parametrize("method", ["sum", "mgda", "config"])
+def test_method_trains_and_checkpoints(method, registered_toy, compilation_cache, tmp_path):
+    """A few trainer steps; the state has the structure of HRGrad's (Adam state, no aggregator
+    state, previous task losses), whose exact resume is tested above."""
+    summary = train(trainer_config(registered_toy, method, "groups", 4), tmp_path / "run",
+                    progress=False, log=lambda _: None)
+    assert summary["status"] == "completed" and summary["steps"] == 4
+    state, _ = checkpoint.load(tmp_path / "run" / "checkpoint.pkl")
+    assert isinstance(state["method_state"], mt.MultitaskState)
+    assert state["method_state"].aggregator == ()
+    assert_diagnostics_logged(tmp_path / "run", "groups")
 
 
 # ---------------------------------------------------------------------------------------------
