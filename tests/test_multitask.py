@@ -318,3 +318,16 @@ def test_bad_settings_give_clear_errors(hparams, match):
 def test_bad_setting_through_the_run_config(registered_toy):
     with pytest.raises(ConfigError, match="beta1"):
         RunConfig(problem=registered_toy, method="pcgrad", hparams={"beta1": 0.5})
+
+
+def test_report_draws_conflict_over_training(tmp_path):
+    from pinnopt import report
+
+    history = [{"step": s, "time": 0.1 * s, "loss": 1.0 / (s + 1),
+                "method_cos_min": -0.5 + 0.1 * s, "method_cos_mean": 0.2,
+                "method_conflict_fraction": 0.5, "method_update_cos_min": 0.3,
+                "method_task_loss_eps1e-2": 1.0 / (s + 1), "method_task_loss_eps1e-1": 0.0}
+               for s in range(5)]
+    (path,) = report.plot_conflict(history, tmp_path, "toy")
+    assert path.name == "conflict.png" and path.stat().st_size > 0
+    assert report.plot_conflict([{"step": 0, "time": 0.0, "loss": 1.0}], tmp_path, "toy") == []

@@ -136,6 +136,46 @@ def plot_multipliers(run_dir: Path, setup, out_dir: Path) -> list[Path]:
     return [path]
 
 
+def plot_conflict(history: list[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
+    """Gradient conflict over training for multi-task methods (``method_cos_min`` etc. in the
+    history): pairwise cosines of the task gradients, the fraction of conflicting pairs and
+    the smallest cosine of the update with a task gradient; beside it, the task losses."""
+    rows = [r for r in history if "method_cos_min" in r]
+    if not rows:
+        return []
+    plt = _pyplot()
+    steps = np.array([r["step"] for r in rows], float)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for key, label in (("cos_min", "min cos(g_i, g_j)"), ("cos_mean", "mean cos(g_i, g_j)"),
+                       ("conflict_fraction", "fraction of pairs in conflict"),
+                       ("update_cos_min", "min cos(update, g_i)")):
+        values = [r.get(f"method_{key}", np.nan) for r in rows]
+        axes[0].plot(steps, values, ".-", ms=3, lw=1, label=label)
+    axes[0].axhline(0.0, color="k", lw=0.6)
+    axes[0].set_xscale("symlog", linthresh=1.0)
+    axes[0].set_ylim(-1.05, 1.05)
+    axes[0].set_xlabel("step")
+    axes[0].set_title("task-gradient conflict")
+    axes[0].legend(fontsize=8)
+    task_keys = [k for k in rows[-1] if k.startswith("method_task_loss_")]
+    for key in task_keys:
+        values = np.array([r.get(key, np.nan) for r in rows], float)
+        axes[1].plot(np.maximum(steps, 1), np.where(values > 0, values, np.nan), lw=1,
+                     label=key.removeprefix("method_task_loss_"))
+    axes[1].set_xscale("log")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("step")
+    axes[1].set_title("task losses")
+    if task_keys:
+        axes[1].legend(fontsize=7, ncol=2 if len(task_keys) > 6 else 1)
+    axes[1].grid(True, which="both", alpha=0.3)
+    fig.suptitle(title)
+    path = out_dir / "conflict.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write all figures of a run into ``run_dir/plots``; returns their paths."""
     run_dir = Path(run_dir)
@@ -147,7 +187,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     setup, params = load_run(run_dir)
     title = f"{setup.problem.description} — {setup.config.method}, D = {setup.net.num_params}"
     return (plot_history(history, out_dir, title) + plot_fields(setup, params, out_dir)
-            + plot_multipliers(run_dir, setup, out_dir))
+            + plot_multipliers(run_dir, setup, out_dir) + plot_conflict(history, out_dir, title))
 
 
 def describe(run_dir: str | Path) -> str:
