@@ -351,7 +351,7 @@ register(MethodSpec(
 ))
 register(MethodSpec(
     "hessian-free", hessian_free,
-    {"damping": 1e-3, "cg_iters": 250, "cg_tol": 1e-10, "adapt_damping": True,
+    {"damping": 1e-6, "cg_iters": 100, "cg_tol": 1e-10, "adapt_damping": True,
      "warm_start": True, "line_search_candidates": 31},
     "Hessian-free: Gauss–Newton by conjugate gradients, Martens damping, grid line search",
 ))
