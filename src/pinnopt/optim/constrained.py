@@ -5,8 +5,8 @@ constraints (by default the roles ``boundary``, ``initial`` and ``constraint``; 
 ``constraints``). With objective groups ``O`` and constraint values ``C_j``, one per constraint
 group, point and residual component,
 
-    J(θ)        = Σ_{g∈O} (w_g / N_g) ‖r_g(θ)‖²          (``objective_scale="mean"``)
-                  Σ_{g∈O}  w_g        ‖r_g(θ)‖²          (``objective_scale="sum"``)
+    J(θ)        = Σ_{g∈O}  w_g        ‖r_g(θ)‖²          (``objective_scale="sum"``, default)
+                  Σ_{g∈O} (w_g / N_g) ‖r_g(θ)‖²          (``objective_scale="mean"``)
     C_j(θ)      = r_j(θ)²   (``form="squared"``)   or   r_j(θ)   (``form="linear"``)
     L(θ; λ, μ)  = J(θ) + Σ_j λ_j C_j(θ) + ½ Σ_j μ_j C_j(θ)²
 
@@ -15,9 +15,11 @@ The constraint terms are plain sums over points, without ``1/N_g`` or group weig
 authors' notebooks do (PECANN, the CiCP 2023 failure-mode notebooks and PECANN-CAPU all use the
 per-point squared error ``(u − g)²`` as the constraint, so ``C_j ≥ 0`` and the multipliers only
 grow); ``form="linear"`` is the textbook equality-constrained Lagrangian, whose multipliers
-converge to the KKT multipliers when the constraints can be met exactly. The notebooks sum the
-objective over points (``objective_scale="sum"``); the default here is the mean, which makes the
-multiplier scale independent of the number of collocation points.
+converge to the KKT multipliers when the constraints can be met exactly. The notebooks also sum
+the objective over points rather than averaging it, and their constants (λ₀ = 1 and η = 1 for
+``lagrange``, μ₀ = 1 for ``alm``) are tuned for that balance of one objective point against one
+constraint point, so the sum is the default; ``objective_scale="mean"`` (PECANN-CAPU's choice,
+with aggregated constraints there) weighs the whole objective like a single constraint point.
 
 One trainer step is one outer iteration: ``inner_steps`` steps of the inner optimiser on
 ``L(·; λ, μ)`` (inside the jitted step, ``lax.fori_loop``), then the multiplier and penalty
@@ -272,7 +274,7 @@ def _constrained_method(
 
     def init(params):
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
-        return init_duals(shapes, dtype)._replace(inner=inner.init(params))
+        return strong_types(init_duals(shapes, dtype)._replace(inner=inner.init(params)))
 
     def step(params, state, batch, key):
         inner_state = inner.init(params) if reset_inner else forget_cached_value(state.inner)
@@ -301,6 +303,15 @@ def _constrained_method(
         return params, state, out
 
     return Method(init, step)
+
+
+def strong_types(state: Any) -> Any:
+    """The state with weakly typed leaves made strong.
+
+    optax's line-search state starts with weakly typed scalars that are strong after one step;
+    without this a jitted step would compile twice.
+    """
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), state)
 
 
 def _full(shapes, value, dtype):
@@ -411,7 +422,8 @@ def adam_lbfgs(objective, lr: float, switch_step: int, memory: int, max_linesear
                         reuse_linesearch_value=reuse_linesearch_value)
 
     def init(params):
-        return AdamLBFGSState(jnp.zeros((), jnp.int32), adam.init(params), lbfgs.init(params))
+        return strong_types(
+            AdamLBFGSState(jnp.zeros((), jnp.int32), adam.init(params), lbfgs.init(params)))
 
     def step(params, state, batch, key):
         def adam_phase(params):
@@ -436,7 +448,7 @@ def adam_lbfgs(objective, lr: float, switch_step: int, memory: int, max_linesear
 _COMMON = {
     "constraints": "boundary,initial,constraint",
     "form": "squared",
-    "objective_scale": "mean",
+    "objective_scale": "sum",
     "inner": "lbfgs",
     "inner_steps": 20,
     "inner_lr": 1e-3,
