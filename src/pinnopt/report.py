@@ -176,6 +176,41 @@ def plot_conflict(history: list[dict[str, Any]], out_dir: Path, title: str) -> l
     return [path]
 
 
+def plot_eps_profiles(setup, params, out_dir: Path) -> list[Path]:
+    """Scored fields against x on the evaluation set, one curve per value of the ``eps``
+    coordinate, network (solid) against the reference (dashed): problems with coordinates
+    ``x`` and ``eps`` (the kinetic problems, evaluated at the final time)."""
+    problem = setup.problem
+    if not {"x", "eps"} <= set(problem.coords) or problem.solution is None:
+        return []
+    plt = _pyplot()
+    points = np.asarray(setup.eval_points)
+    reference = np.asarray(setup.eval_reference)
+    u = np.asarray(setup.objective.predict(params, setup.eval_points))
+    ix, ie = problem.coords.index("x"), problem.coords.index("eps")
+    eps_values = sorted(set(points[:, ie].tolist()), reverse=True)
+    fields = problem.scored_fields
+    fig, axes = plt.subplots(1, len(fields), figsize=(5 * len(fields), 4),
+                             constrained_layout=True, squeeze=False)
+    colours = plt.cm.viridis(np.linspace(0.0, 0.9, len(eps_values)))
+    for ax, field in zip(axes[0], fields):
+        i = problem.fields.index(field)
+        for colour, eps in zip(colours, eps_values):
+            rows = np.flatnonzero(points[:, ie] == eps)
+            rows = rows[np.argsort(points[rows, ix])]
+            ax.plot(points[rows, ix], reference[rows, i], "--", color=colour, lw=1)
+            ax.plot(points[rows, ix], u[rows, i], "-", color=colour, lw=1.2, label=f"ε = {eps:.0e}")
+        ax.set_xlabel("x")
+        ax.set_title(field)
+        ax.grid(True, alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"{problem.description}: network (solid), reference (dashed)", fontsize=9)
+    path = out_dir / "profiles_eps.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write all figures of a run into ``run_dir/plots``; returns their paths."""
     run_dir = Path(run_dir)
@@ -187,7 +222,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     setup, params = load_run(run_dir)
     title = f"{setup.problem.description} — {setup.config.method}, D = {setup.net.num_params}"
     return (plot_history(history, out_dir, title) + plot_fields(setup, params, out_dir)
-            + plot_multipliers(run_dir, setup, out_dir) + plot_conflict(history, out_dir, title))
+            + plot_multipliers(run_dir, setup, out_dir) + plot_conflict(history, out_dir, title)
+            + plot_eps_profiles(setup, params, out_dir))
 
 
 def describe(run_dir: str | Path) -> str:

@@ -6,6 +6,7 @@ import inspect
 from typing import Callable
 
 from pinnopt.problems.base import Problem
+from pinnopt.problems.bgk import bgk
 from pinnopt.problems.cavity import cavity
 from pinnopt.problems.composite_heat import composite_heat
 from pinnopt.problems.convection import convection
@@ -28,6 +29,7 @@ PROBLEMS: dict[str, Callable[..., Problem]] = {
     "stokes": stokes,
     "cavity": cavity,
     "transport": transport,
+    "bgk": bgk,
 }
 
 
@@ -58,5 +60,5 @@ def make_problem(name: str, **options) -> Problem:
 
 
 __all__ = ["PROBLEMS", "Problem", "make_problem", "problem_options", "register_problem",
-           "poisson", "heat", "transport", "helmholtz", "klein_gordon", "convection",
+           "poisson", "heat", "transport", "bgk", "helmholtz", "klein_gordon", "convection",
            "convection_diffusion", "composite_heat", "stokes", "cavity"]

@@ -36,7 +36,7 @@ import numpy as np
 from pinnopt.nets import MLP, Params
 from pinnopt.residuals import ResidualGroup
 
-EPS_SAMPLING = ("log-uniform", "decades")
+EPS_SAMPLING = ("log-uniform", "decades", "values")
 EMBED_HIDDEN = 16
 """Hidden width of the ε embedding network ``1 -> 16 -> latent``."""
 
@@ -76,12 +76,22 @@ class EpsRange:
             return jnp.zeros_like(eps)
         return 2.0 * (jnp.log10(eps) - math.log10(self.lo)) / self.decades - 1.0
 
+    def values(self) -> tuple[float, ...]:
+        """The powers of ten in the range, with its ends: the ``values`` sampling's set."""
+        lo, hi = math.log10(self.lo), math.log10(self.hi)
+        powers = [10.0**k for k in range(math.ceil(lo - 1e-9), math.floor(hi + 1e-9) + 1)]
+        out = sorted({self.lo, self.hi, *[p for p in powers if self.contains(p)]})
+        return tuple(v for i, v in enumerate(out) if i == 0 or v / out[i - 1] > 1 + 1e-9)
+
     def sample(self, key: jax.Array, n: int, method: str) -> jax.Array:
-        """``n`` values of ε: log-uniform on the range, or ``decades``: log-uniform within
-        ``ceil(decades)`` equal strata of log10 ε, point i in stratum ``i mod strata`` (so
-        every decade gets the same number of points)."""
+        """``n`` values of ε: ``log-uniform`` on the range; ``decades``: log-uniform within
+        ``ceil(decades)`` equal strata of log10 ε, point i in stratum ``i mod strata`` (every
+        decade gets the same number of points); ``values``: point i takes the i-th (mod count)
+        of :meth:`values` (a fixed set of ε, as for one task per ε value)."""
         if self.fixed:
             return jnp.full((n,), self.lo)
+        if method == "values":
+            return jnp.asarray(self.values())[jnp.arange(n) % len(self.values())]
         u = jax.random.uniform(key, (n,), dtype=jnp.float64)
         if method == "decades":
             strata = max(1, math.ceil(self.decades - 1e-9))
@@ -206,6 +216,61 @@ def gauss_legendre(nv: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarra
     v, w = np.polynomial.legendre.leggauss(nv)
     half = 0.5 * (hi - lo)
     return lo + half * (v + 1.0), half * w
+
+
+@dataclass(frozen=True)
+class PhaseSpaceModel:
+    """Inputs, velocity quadrature and derivatives shared by the kinetic models.
+
+    Network inputs are ``(t̃, x̃[, ṽ], code)``: t and x mapped affinely onto [−1, 1],
+    ṽ = v / v_scale, and the ε encoding's columns. ``weights`` are the quadrature weights of
+    the problem's velocity average ⟨·⟩ at ``nodes``.
+    """
+
+    encoding: EpsEncoding
+    t_final: float
+    x_range: tuple[float, float]
+    v_scale: float
+    nodes: tuple[float, ...]
+    weights: tuple[float, ...]
+
+    def quadrature(self, dtype) -> tuple[jax.Array, jax.Array]:
+        """Velocity nodes v_k and weights w_k, ``(nv,)`` each, in ``dtype``."""
+        return jnp.asarray(self.nodes, dtype), jnp.asarray(self.weights, dtype)
+
+    def scale(self, dtype) -> jax.Array:
+        """d(t̃, x̃)/d(t, x): input-space derivatives times this are ∂_t, ∂_x."""
+        lo, hi = self.x_range
+        return jnp.array([2.0 / self.t_final, 2.0 / (hi - lo)], dtype)
+
+    def inputs(self, params: dict, X: jax.Array, v: jax.Array | None = None) -> jax.Array:
+        """Network inputs at rows ``X = (t, x, v, eps)``; with ``v`` given, ṽ is included."""
+        lo, hi = self.x_range
+        cols = [2.0 * X[:, :1] / self.t_final - 1.0, 2.0 * (X[:, 1:2] - lo) / (hi - lo) - 1.0]
+        if v is not None:
+            cols.append(v[:, None] / self.v_scale)
+        cols.append(self.encoding(params.get("embed", []), X[:, 3]))
+        return jnp.concatenate(cols, axis=1)
+
+    def at_nodes(self, params: dict, X: jax.Array) -> jax.Array:
+        """``(N·nv, in_dim)`` inputs: every row of ``X`` at every velocity node (row-major)."""
+        nv = len(self.nodes)
+        v = jnp.tile(self.quadrature(X.dtype)[0], X.shape[0])
+        return self.inputs(params, jnp.repeat(X, nv, axis=0), v)
+
+    def derivatives(self, net: MLP, params: Params, inputs: jax.Array, derivs: str):
+        """Network values ``(M, m)`` and, for each of ``t``, ``x`` named in ``derivs``, their
+        derivatives in the physical coordinate ``(M, m)`` (None for those not named)."""
+        cols = [i for i, c in enumerate("tx") if c in derivs]
+        value, grad = value_and_grads(net, params, inputs, cols)
+        scale = self.scale(inputs.dtype)
+        d = {"tx"[c]: grad[:, j] * scale[c] for j, c in enumerate(cols)}
+        return value, d.get("t"), d.get("x")
+
+    def init_encoding(self, params: dict, key: jax.Array, dtype) -> dict:
+        if self.encoding.embed_net is not None:
+            params["embed"] = self.encoding.init(key, dtype)
+        return params
 
 
 # -- residual groups evaluated by a whole model ---------------------------------------------

@@ -11,7 +11,8 @@ Losses (``loss=``):
 - ``vanilla``: one network f(t,x,v); residual ``ε ∂_t f + v ∂_x f − (⟨f⟩ − f)/ε`` (group
   ``kinetic``, weight 1). As ε → 0 the 1/ε term dominates and the loss no longer sees the
   diffusion limit.
-- ``apnn``: f = ρ + ε g with ρ(t,x) = softplus(ρ̂) > 0 and g = ĝ − ⟨ĝ⟩ (so ⟨g⟩ = 0 exactly);
+- ``apnn``: f = ρ + ε g with ρ(t,x) = softplus(β ρ̂)/β > 0 and g = ĝ − ⟨ĝ⟩ (so ⟨g⟩ = 0
+  exactly);
   groups ``micro``  ε² ∂_t g + ε (v ∂_x g − ∂_x⟨v g⟩) + v ∂_x ρ + g  (weight 1) and
   ``macro``  ∂_t ρ + ∂_x⟨v g⟩  (weight 1).
 
@@ -49,6 +50,7 @@ from pinnopt.problems.base import Problem
 from pinnopt.problems.kinetic import (
     EpsEncoding,
     EpsRange,
+    PhaseSpaceModel,
     cached_reference,
     eps_tag,
     eval_grid,
@@ -58,7 +60,6 @@ from pinnopt.problems.kinetic import (
     parse_eps,
     parse_widths,
     per_eps_metrics,
-    value_and_grads,
 )
 from pinnopt.reference.transport import solve_transport
 
@@ -75,35 +76,9 @@ WEIGHTS = {"micro": 1.0, "macro": 1.0, "kinetic": 1.0, "boundary": 10.0, "initia
 
 
 @dataclass(frozen=True)
-class _KineticBase:
-    """What both transport models share: inputs, quadrature, boundary and initial residuals."""
-
-    encoding: EpsEncoding
-    t_final: float
-    nodes: tuple[float, ...]
-    weights: tuple[float, ...]
-
-    def quadrature(self, dtype) -> tuple[jax.Array, jax.Array]:
-        """Velocity nodes v_k and weights w_k (Σ w_k = 1), ``(nv,)`` each, in ``dtype``."""
-        return jnp.asarray(self.nodes, dtype), jnp.asarray(self.weights, dtype)
-
-    def inputs(self, params: Params, X: jax.Array, v: jax.Array | None = None) -> jax.Array:
-        """Network inputs ``(t̃, x̃[, v], code)`` with t̃ = 2t/T − 1, x̃ = 2x − 1."""
-        cols = [2.0 * X[:, :1] / self.t_final - 1.0, 2.0 * X[:, 1:2] - 1.0]
-        if v is not None:
-            cols.append(v[:, None])
-        cols.append(self.encoding(params.get("embed", []), X[:, 3]))
-        return jnp.concatenate(cols, axis=1)
-
-    def at_nodes(self, params: Params, X: jax.Array) -> jax.Array:
-        """``(N·nv, …)`` inputs: every point repeated at every velocity node."""
-        nv = len(self.nodes)
-        Xr = jnp.repeat(X, nv, axis=0)
-        return self.inputs(params, Xr, jnp.tile(self.quadrature(X.dtype)[0], X.shape[0]))
-
-    def chain(self, dtype) -> jax.Array:
-        """d(t̃, x̃)/d(t, x): derivatives in network inputs times this give ∂_t, ∂_x."""
-        return jnp.array([2.0 / self.t_final, 2.0], dtype)
+class _KineticBase(PhaseSpaceModel):
+    """What both transport models share: boundary and initial residuals on f at the nodes.
+    The quadrature weights are those of ⟨·⟩ = ½∫dv (Σ w_k = 1)."""
 
     # -- the residuals both losses share ---------------------------------------------------
     def f_nodes(self, params: Params, X: jax.Array) -> jax.Array:
@@ -128,13 +103,16 @@ class _KineticBase:
 
 @dataclass(frozen=True)
 class MicroMacroModel(_KineticBase):
-    """The APNN micro–macro model: f = ρ + ε g, ρ = softplus(ρ̂(t,x)), g = ĝ − ⟨ĝ⟩.
+    """The APNN micro–macro model: f = ρ + ε g, ρ = softplus(β ρ̂(t,x))/β, g = ĝ − ⟨ĝ⟩.
 
-    Parameters ``{"rho": ρ̂ net, "g": ĝ net[, "embed": ε embedding]}``.
+    Parameters ``{"rho": ρ̂ net, "g": ĝ net[, "embed": ε embedding]}``. ``rho_sharpness`` β:
+    dρ/dρ̂ = sigmoid(β ρ̂) ≈ βρ where ρ is small, so β > 1 keeps the gradient alive where the
+    density must approach 0 (initial data, the outflow wall).
     """
 
     rho_net: MLP | None = None
     g_net: MLP | None = None
+    rho_sharpness: float = 1.0
 
     # -- the MLP-like interface -------------------------------------------------------------
     @property
@@ -148,9 +126,7 @@ class MicroMacroModel(_KineticBase):
     def init(self, key: jax.Array, dtype=jnp.float64) -> dict:
         k_rho, k_g, k_e = jax.random.split(key, 3)
         params = {"rho": self.rho_net.init(k_rho, dtype), "g": self.g_net.init(k_g, dtype)}
-        if self.encoding.embed_net is not None:
-            params["embed"] = self.encoding.init(k_e, dtype)
-        return params
+        return self.init_encoding(params, k_e, dtype)
 
     def apply(self, params: Params, X: jax.Array) -> jax.Array:
         """``(N, 3)``: ρ, g and f = ρ + εg at the points' velocities."""
@@ -161,27 +137,20 @@ class MicroMacroModel(_KineticBase):
         return jnp.stack([rho, g, rho + X[:, 3] * g], axis=1)
 
     # -- the fields and their derivatives (a test replaces these by exact functions) --------
-    def _derivatives(self, net: MLP, params: Params, inputs: jax.Array, derivs: str):
-        """Value ``(M,)`` and, for each of ``t``, ``x`` named in ``derivs``, its derivative
-        ``(M,)`` in the physical coordinate (None for those not named)."""
-        cols = [i for i, c in enumerate("tx") if c in derivs]
-        value, grad = value_and_grads(net, params, inputs, cols)
-        scale = self.chain(inputs.dtype)
-        d = {"tx"[c]: grad[:, j, 0] * scale[c] for j, c in enumerate(cols)}
-        return value[:, 0], d.get("t"), d.get("x")
-
     def rho_jet(self, params: Params, X: jax.Array, derivs: str = "tx"):
         """ρ, ∂_t ρ, ∂_x ρ at the points, each ``(N,)``; only the derivatives named in
         ``derivs`` (``""``, ``"x"``, ``"tx"``) are computed, the others are None."""
-        r, r_t, r_x = self._derivatives(self.rho_net, params["rho"], self.inputs(params, X), derivs)
-        slope = jax.nn.sigmoid(r)  # ρ = softplus(r)
-        return (jax.nn.softplus(r), None if r_t is None else slope * r_t,
+        r, r_t, r_x = (None if a is None else a[:, 0] for a in
+                       self.derivatives(self.rho_net, params["rho"], self.inputs(params, X), derivs))
+        beta = self.rho_sharpness
+        slope = jax.nn.sigmoid(beta * r)  # ρ = softplus(βr)/β
+        return (jax.nn.softplus(beta * r) / beta, None if r_t is None else slope * r_t,
                 None if r_x is None else slope * r_x)
 
     def g_hat_jet(self, params: Params, X: jax.Array, derivs: str = "tx"):
         """ĝ, ∂_t ĝ, ∂_x ĝ at every velocity node, each ``(N, nv)`` (as :meth:`rho_jet`)."""
         shape = (X.shape[0], len(self.nodes))
-        out = self._derivatives(self.g_net, params["g"], self.at_nodes(params, X), derivs)
+        out = self.derivatives(self.g_net, params["g"], self.at_nodes(params, X), derivs)
         return tuple(None if a is None else a.reshape(shape) for a in out)
 
     def f_nodes(self, params: Params, X: jax.Array) -> jax.Array:
@@ -227,10 +196,7 @@ class VanillaModel(_KineticBase):
 
     def init(self, key: jax.Array, dtype=jnp.float64) -> dict:
         k_f, k_e = jax.random.split(key)
-        params = {"f": self.f_net.init(k_f, dtype)}
-        if self.encoding.embed_net is not None:
-            params["embed"] = self.encoding.init(k_e, dtype)
-        return params
+        return self.init_encoding({"f": self.f_net.init(k_f, dtype)}, k_e, dtype)
 
     def f_nodes(self, params: Params, X: jax.Array) -> jax.Array:
         n, nv = X.shape[0], len(self.nodes)
@@ -245,18 +211,18 @@ class VanillaModel(_KineticBase):
     def kinetic(self, params: Params, X: jax.Array) -> jax.Array:
         """√w_k (ε ∂_t f + v ∂_x f − (⟨f⟩ − f)/ε) at the nodes, ``(N, nv)``."""
         shape = (X.shape[0], len(self.nodes))
-        value, grad = value_and_grads(self.f_net, params["f"], self.at_nodes(params, X), (0, 1))
-        d = grad[:, :, 0] * self.chain(X.dtype)
-        f, f_t, f_x = (a.reshape(shape) for a in (value[:, 0], d[:, 0], d[:, 1]))
+        out = self.derivatives(self.f_net, params["f"], self.at_nodes(params, X), "tx")
+        f, f_t, f_x = (a.reshape(shape) for a in out)
         eps, (v, w) = X[:, 3:4], self.quadrature(X.dtype)
         rho = (f @ w)[:, None]
         return jnp.sqrt(w) * (eps * f_t + v * f_x - (rho - f) / eps)
 
 
-def make_model(loss: str, encoding: EpsEncoding, t_final: float, nv: int):
+def make_model(loss: str, encoding: EpsEncoding, t_final: float, nv: int, rho_sharpness: float = 1.0):
     """``model(net_spec, activation)`` for :attr:`Problem.model`."""
     v, w = gauss_legendre(nv, -1.0, 1.0)
-    base = dict(encoding=encoding, t_final=t_final, nodes=tuple(v), weights=tuple(w / 2.0))
+    base = dict(encoding=encoding, t_final=t_final, x_range=(0.0, 1.0), v_scale=1.0,
+                nodes=tuple(v), weights=tuple(w / 2.0))
     code = encoding.width
 
     def model(spec: str, activation: str):
@@ -267,7 +233,8 @@ def make_model(loss: str, encoding: EpsEncoding, t_final: float, nv: int):
             return VanillaModel(**shared, f_net=MLP((3 + code, *f_widths, 1), activation))
         rho_w, g_w = parse_widths(spec, NETS, 2, "rho net / g net")
         return MicroMacroModel(**shared, rho_net=MLP((2 + code, *rho_w, 1), activation),
-                               g_net=MLP((3 + code, *g_w, 1), activation))
+                               g_net=MLP((3 + code, *g_w, 1), activation),
+                               rho_sharpness=rho_sharpness)
 
     return model
 
@@ -292,11 +259,13 @@ def transport(
     T: float | None = None,
     loss: str = "apnn",
     nv: int = 30,
+    rho_sharpness: float = 1.0,
     n_interior: int = 1024,
     n_boundary: int = 512,
     n_initial: int = 1024,
     eval_eps: list[float] | None = None,
     n_eval_x: int = 100,
+    resample: bool = True,
     reference_nx: int = 200,
     reference_nv: int = 60,
 ) -> Problem:
@@ -307,9 +276,10 @@ def transport(
     per decade) and encoded as a network input (``eps_embedding``: 0 for the normalised log10 ε
     itself, else the latent width of an embedding network). ``T``: final time (default 1 for a
     fixed ε = 1, else 0.1, as in [APNN]). ``n_interior`` points each for ``micro`` and
-    ``macro`` (or ``kinetic``), redrawn every step. ``eval_eps``: evaluated ε values (default:
+    ``macro`` (or ``kinetic``), redrawn every step (``resample=False``: one fixed draw). ``eval_eps``: evaluated ε values (default:
     those of 1, 1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8 in the range, or the fixed ε).
-    ``reference_nx``/``reference_nv``: grid of the reference solver.
+    ``reference_nx``/``reference_nv``: grid of the reference solver. ``rho_sharpness`` β of
+    ρ = softplus(βρ̂)/β (APNN).
     """
     rng = parse_eps("transport", eps, [1e-8, 1.0] if eps is None and eps_range is None else eps_range)
     if loss not in LOSSES:
@@ -319,6 +289,8 @@ def transport(
     if isinstance(T, bool) or not isinstance(T, (int, float)) or not T > 0:
         raise ValueError(f"transport: T must be a positive number, got {T!r}")
     T = float(T)
+    if isinstance(rho_sharpness, bool) or not isinstance(rho_sharpness, (int, float)) or not rho_sharpness > 0:
+        raise ValueError(f"transport: rho_sharpness must be a positive number, got {rho_sharpness!r}")
     encoding = EpsEncoding(rng, eps_embedding)
     if eval_eps is None:
         eval_eps = [rng.lo] if rng.fixed else [e for e in EVAL_EPS if rng.contains(e)] or [rng.lo, rng.hi]
@@ -371,11 +343,11 @@ def transport(
         solution=solution,
         eval_sampler=lambda key, n: jnp.asarray(grid),
         n_eval=grid.shape[0],
-        resample=True,
+        resample=bool(resample),
         nets={k: () for k in NETS},
         default_net="small",
         description=f"linear transport, {loss} loss, {eps_text}, T={T:g}, nv={nv}",
-        model=make_model(loss, encoding, T, nv),
+        model=make_model(loss, encoding, T, nv, rho_sharpness),
         reference_fields=("rho",),
         metrics=per_eps_metrics(eval_eps, FIELDS, ("rho",)),
     )
