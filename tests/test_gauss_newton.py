@@ -1,5 +1,7 @@
 """ENGD and Hessian-free against dense linear algebra built from explicit Jacobians (float64)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,93 +23,111 @@ from pinnopt.optim.gauss_newton import (
     resolve_variant,
 )
 from pinnopt.optim.gramian import flatten
-from pinnopt.optim.linesearch import grid_line_search
+from pinnopt.optim.linesearch import apply_step, grid_line_search
 from pinnopt.problems import make_problem
 from pinnopt.residuals import Objective
 
 # (problem, options, net sizes): small nets and few points, so dense references are cheap.
+# Options are (name, value) pairs so that a case is hashable (results are cached per case).
+# Cases 0 and 2 have more residuals than parameters, cases 1 and 3 fewer.
 CASES = [
-    ("poisson", {"dim": 2, "n_interior": 7, "n_boundary": 5}, (2, 5, 1)),
-    ("poisson", {"dim": 2, "n_interior": 9, "n_boundary": 6}, (2, 4, 4, 1)),
-    ("heat", {"dim": 1, "n_interior": 8, "n_boundary": 4, "n_initial": 3}, (2, 5, 1)),
-    ("heat", {"dim": 2, "n_interior": 10, "n_boundary": 6, "n_initial": 5}, (3, 4, 4, 1)),
+    ("poisson", (("dim", 2), ("n_interior", 12), ("n_boundary", 8)), (2, 4, 1)),    # N 20, D 17
+    ("poisson", (("dim", 2), ("n_interior", 9), ("n_boundary", 6)), (2, 4, 4, 1)),  # N 15, D 37
+    ("heat", (("dim", 1), ("n_interior", 16), ("n_boundary", 6), ("n_initial", 5)),
+     (2, 5, 1)),                                                                    # N 27, D 21
+    ("heat", (("dim", 2), ("n_interior", 10), ("n_boundary", 6), ("n_initial", 5)),
+     (3, 4, 4, 1)),                                                                 # N 21, D 41
 ]
 
 
 def setup(case, seed=0):
     name, options, sizes = case
     net = MLP(sizes)
-    objective = Objective(make_problem(name, **options), net)
+    objective = Objective(make_problem(name, **dict(options)), net)
     params = net.init(jax.random.PRNGKey(seed))
     batch = objective.sample(jax.random.PRNGKey(seed + 1))
     return objective, params, batch
 
 
-def dense_reference(objective, params, batch):
-    """``r`` and ``J`` from forward-mode autodiff of each residual group separately."""
+@functools.lru_cache(maxsize=None)
+def jacobians(case):
+    """``(r, J)`` of :func:`residual_and_jacobian`, the reference ``(r, J)`` from forward-mode
+    autodiff of each residual group separately, and ``∇L`` by autodiff, as numpy arrays
+    (one compilation per case)."""
+    objective, params, batch = setup(case)
     flat, unravel = flatten(params)
     scales = objective.scales(batch)
-    rs, js = [], []
-    for group in objective.groups:
-        def group_residual(f, group=group):
-            res = group.residual(objective.net, unravel(f), batch[group.name])
-            return scales[group.name] * res.ravel()
 
-        rs.append(group_residual(flat))
-        js.append(jax.jacfwd(group_residual)(flat))
-    return np.asarray(jnp.concatenate(rs)), np.asarray(jnp.concatenate(js))
+    @jax.jit
+    def compute(flat):
+        rs, js = [], []
+        for group in objective.groups:
+            def group_residual(f, group=group):
+                res = group.residual(objective.net, unravel(f), batch[group.name])
+                return scales[group.name] * res.ravel()
+
+            rs.append(group_residual(flat))
+            js.append(jax.jacfwd(group_residual)(flat))
+        r, jac = residual_and_jacobian(objective, unravel(flat), batch)
+        grad = jax.grad(lambda f: objective.loss(unravel(f), batch))(flat)
+        return r, jac, jnp.concatenate(rs), jnp.concatenate(js), grad
+
+    return tuple(np.asarray(a) for a in compute(flat))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def direction(jac, r, damping, variant, solver, sizes):
+    return engd_direction(jac, r, damping, variant, solver, list(sizes))[0]
 
 
 def rel(a, b):
     return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}{c[1]['dim']}-{c[2]}")
+IDS = [f"{c[0]}{dict(c[1])['dim']}-{'-'.join(map(str, c[2]))}" for c in CASES]
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_jacobian_and_gramian_match_explicit_jacobians(case):
-    objective, params, batch = setup(case)
-    r_ref, j_ref = dense_reference(objective, params, batch)
-    r, jac = jax.jit(lambda p: residual_and_jacobian(objective, p, batch))(params)
+    r, jac, r_ref, j_ref, grad = jacobians(case)
     assert jac.shape == (r_ref.size, MLP(case[2]).num_params)
     assert rel(r, r_ref) < 1e-12
     assert rel(jac, j_ref) < 1e-12
     assert rel(jac.T @ jac, j_ref.T @ j_ref) < 1e-10
-    assert rel(jac.T @ r, flatten(jax.grad(objective.loss)(params, batch))[0]) < 1e-10
+    assert rel(jac.T @ r, grad) < 1e-10
 
 
-@pytest.mark.parametrize("case", CASES[:3:2], ids=["poisson", "heat"])
+@pytest.mark.parametrize("case", CASES[:3:2], ids=IDS[:3:2])
 @pytest.mark.parametrize("damping", [1e-3, 1e-8])
 def test_full_direction_is_the_damped_gauss_newton_step(case, damping):
-    objective, params, batch = setup(case)
-    r_ref, j_ref = dense_reference(objective, params, batch)
-    r, jac = residual_and_jacobian(objective, params, batch)
+    r, jac, r_ref, j_ref, _ = jacobians(case)
+    assert resolve_variant("auto", *jac.shape) == "full"  # N > D
+    sizes = tuple(layer_sizes(setup(case)[1]))
     expected = -np.linalg.solve(j_ref.T @ j_ref + damping * np.eye(j_ref.shape[1]), j_ref.T @ r_ref)
     for solver in ("cholesky", "eigh"):
-        direction, _ = engd_direction(jac, r, damping, "full", solver, layer_sizes(params))
-        assert rel(direction, expected) < 1e-7, solver
+        assert rel(direction(jac, r, damping, "full", solver, sizes), expected) < 1e-7, solver
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}{c[1]['dim']}-{c[2]}")
+@pytest.mark.parametrize("case", CASES[1::2], ids=IDS[1::2])
 def test_woodbury_equals_full_when_fewer_residuals_than_parameters(case):
-    name, options, _ = case
-    objective, params, batch = setup((name, options, (options["dim"] + (name == "heat"), 8, 8, 1)))
-    r, jac = residual_and_jacobian(objective, params, batch)
+    r, jac, *_ = jacobians(case)
     n, d = jac.shape
     assert n < d and resolve_variant("auto", n, d) == "woodbury"
-    sizes = layer_sizes(params)
-    full, _ = engd_direction(jac, r, 1e-3, "full", "cholesky", sizes)
-    woodbury, _ = engd_direction(jac, r, 1e-3, "woodbury", "cholesky", sizes)
+    sizes = tuple(layer_sizes(setup(case)[1]))
+    full = direction(jac, r, 1e-3, "full", "cholesky", sizes)
+    woodbury = direction(jac, r, 1e-3, "woodbury", "cholesky", sizes)
     assert rel(woodbury, full) < 1e-9
     # Without damping both are the minimum-norm least-squares step −J⁺r (pseudo-inverses).
-    full0, _ = engd_direction(jac, r, 0.0, "full", "eigh", sizes)
-    wood0, _ = engd_direction(jac, r, 0.0, "woodbury", "eigh", sizes)
-    assert rel(wood0, -np.linalg.pinv(np.asarray(jac)) @ np.asarray(r)) < 1e-6
+    full0 = direction(jac, r, 0.0, "full", "eigh", sizes)
+    wood0 = direction(jac, r, 0.0, "woodbury", "eigh", sizes)
+    assert rel(wood0, -np.linalg.pinv(jac) @ r) < 1e-6
     assert rel(full0, wood0) < 1e-6
 
 
-@pytest.mark.parametrize("case", CASES[1::2], ids=["poisson", "heat"])
+@pytest.mark.parametrize("case", CASES[1::2], ids=IDS[1::2])
 def test_layer_variant_is_the_block_diagonal_solve(case):
-    objective, params, batch = setup(case)
-    r_ref, j_ref = dense_reference(objective, params, batch)
+    r, jac, r_ref, j_ref, _ = jacobians(case)
+    params = setup(case)[1]
     gram, grad = j_ref.T @ j_ref, j_ref.T @ r_ref
     damping = 1e-6
     blocks = np.zeros_like(gram)
@@ -116,13 +136,13 @@ def test_layer_variant_is_the_block_diagonal_solve(case):
         size = layer["W"].size + layer["b"].size
         blocks[start:start + size, start:start + size] = gram[start:start + size, start:start + size]
         start += size
-    assert start == gram.shape[0] and len(layer_sizes(params)) == len(params) >= 3
+    sizes = tuple(layer_sizes(params))
+    assert start == gram.shape[0] and len(sizes) == len(params) >= 3
     expected = -np.linalg.solve(blocks + damping * np.eye(len(grad)), grad)
-    r, jac = residual_and_jacobian(objective, params, batch)
-    direction, _ = engd_direction(jac, r, damping, "layer", "cholesky", layer_sizes(params))
-    assert rel(direction, expected) < 1e-7
-    full, _ = engd_direction(jac, r, damping, "full", "cholesky", layer_sizes(params))
-    assert rel(direction, full) > 1e-3  # the off-diagonal blocks matter: not the full step
+    layered = direction(jac, r, damping, "layer", "cholesky", sizes)
+    assert rel(layered, expected) < 1e-7
+    full = direction(jac, r, damping, "full", "cholesky", sizes)
+    assert rel(layered, full) > 1e-3  # the off-diagonal blocks matter: not the full step
 
 
 def test_cholesky_falls_back_to_the_pseudo_inverse():
@@ -143,13 +163,23 @@ def test_cholesky_falls_back_to_the_pseudo_inverse():
 def test_line_search_gives_zero_step_for_an_ascent_direction():
     objective, params, batch = setup(CASES[0])
     loss_fn = lambda p: objective.loss(p, batch)  # noqa: E731
-    loss0 = loss_fn(params)
-    grad = jax.grad(loss_fn)(params)
-    alpha, loss = grid_line_search(loss_fn, params, grad, loss0)
-    assert float(alpha) == 0.0 and float(loss) == float(loss0)
-    descent = jax.tree_util.tree_map(lambda g: -g, grad)
-    alpha, loss = grid_line_search(loss_fn, params, descent, loss0)
-    assert 0 < float(alpha) <= 1 and float(loss) < float(loss0)
+    alphas = 2.0 ** -jnp.arange(31.0)
+
+    @jax.jit
+    def both_ways(params):
+        loss0, grad = jax.value_and_grad(loss_fn)(params)
+        # A short step along +∇L: the loss rises at every candidate of the grid.
+        norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grad)))
+        up = jax.tree_util.tree_map(lambda g: 1e-4 * g / norm, grad)
+        rises = jax.vmap(lambda a: loss_fn(apply_step(params, up, a)) > loss0)(alphas)
+        down = jax.tree_util.tree_map(jnp.negative, up)
+        return loss0, rises, grid_line_search(loss_fn, params, up, loss0), grid_line_search(
+            loss_fn, params, down, loss0)
+
+    loss0, rises, (alpha_up, loss_up), (alpha_down, loss_down) = both_ways(params)
+    assert bool(jnp.all(rises))
+    assert float(alpha_up) == 0.0 and float(loss_up) == float(loss0)
+    assert float(alpha_down) == 1.0 and float(loss_down) < float(loss0)
 
 
 def test_engd_step_follows_the_direction_and_line_search():
@@ -158,31 +188,58 @@ def test_engd_step_follows_the_direction_and_line_search():
     state = method.init(params)
     new, state2, info = jax.jit(method.step)(params, state, batch, jax.random.PRNGKey(0))
     assert isinstance(state2, EngdState) and float(state2.damping) == 1e-6
-    r, jac = residual_and_jacobian(objective, params, batch)
-    direction, _ = engd_direction(jac, r, 1e-6, "full", "cholesky", layer_sizes(params))
+    r, jac, *_ = jacobians(CASES[2])
+    expected = direction(jac, r, 1e-6, "full", "cholesky", tuple(layer_sizes(params)))
     moved = flatten(new)[0] - flatten(params)[0]
     assert 0 < float(info["step_size"]) <= 1
-    assert rel(moved, float(info["step_size"]) * direction) < 1e-8
+    assert rel(moved, float(info["step_size"]) * expected) < 1e-8
     assert float(info["loss"]) == pytest.approx(float(objective.loss(params, batch)), rel=1e-12)
     assert float(objective.loss(new, batch)) < float(info["loss"])
 
 
+HF_DAMPING = 1e-4
+
+
+@functools.lru_cache(maxsize=None)
+def exact_hessian_free(case):
+    """A jitted Hessian-free step whose CG runs to convergence, with a fixed damping."""
+    objective, params, batch = setup(case)
+    method = make_method("hessian-free", objective, damping=HF_DAMPING, cg_iters=2000,
+                         cg_tol=1e-14, adapt_damping=False, warm_start=True)
+    return method, jax.jit(method.step)
+
+
 def test_hessian_free_with_enough_cg_iterations_matches_engd():
     objective, params, batch = setup(CASES[1])
-    damping = 1e-4
-    hf = make_method("hessian-free", objective, damping=damping, cg_iters=2000, cg_tol=1e-14,
-                     adapt_damping=False, warm_start=False)
-    engd = make_method("engd", objective, variant="full", damping=damping)
+    hf, hf_step = exact_hessian_free(CASES[1])
+    engd = make_method("engd", objective, variant="full", damping=HF_DAMPING)
     key = jax.random.PRNGKey(0)
-    hf_params, hf_state, hf_info = jax.jit(hf.step)(params, hf.init(params), batch, key)
+    hf_params, hf_state, hf_info = hf_step(params, hf.init(params), batch, key)
     en_params, _, en_info = jax.jit(engd.step)(params, engd.init(params), batch, key)
-    r, jac = residual_and_jacobian(objective, params, batch)
-    direction, _ = engd_direction(jac, r, damping, "full", "cholesky", layer_sizes(params))
-    assert rel(hf_state.direction, direction) < 1e-6
+    r, jac, *_ = jacobians(CASES[1])
+    expected = direction(jac, r, HF_DAMPING, "full", "cholesky", tuple(layer_sizes(params)))
+    assert rel(hf_state.direction, expected) < 1e-6
+    assert int(hf_info["cg_iterations"]) > 10
     assert float(hf_info["step_size"]) == float(en_info["step_size"]) > 0
     flat0 = flatten(params)[0]
     assert rel(flatten(hf_params)[0] - flat0, flatten(en_params)[0] - flat0) < 1e-6
-    assert float(hf_state.damping) == damping  # no adaptation asked for
+    assert float(hf_state.damping) == HF_DAMPING  # no adaptation asked for
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree_util.tree_leaves(hf_state))
+
+
+def test_hessian_free_warm_start_begins_at_the_previous_solution():
+    objective, params, batch = setup(CASES[1])
+    hf, hf_step = exact_hessian_free(CASES[1])
+    r, jac, *_ = jacobians(CASES[1])
+    solution = direction(jac, r, HF_DAMPING, "full", "cholesky", tuple(layer_sizes(params)))
+    state = HessianFreeState(jnp.asarray(solution), jnp.asarray(HF_DAMPING))
+    _, new_state, info = hf_step(params, state, batch, jax.random.PRNGKey(0))
+    assert int(info["cg_iterations"]) <= 2  # started at the solution: (almost) nothing left
+    assert rel(new_state.direction, solution) < 1e-6
+    # A previous p that raises the damped quadratic model is dropped: CG starts from zero.
+    state = HessianFreeState(-jnp.asarray(solution), jnp.asarray(HF_DAMPING))
+    _, restarted, info = hf_step(params, state, batch, jax.random.PRNGKey(0))
+    assert int(info["cg_iterations"]) > 10 and rel(restarted.direction, solution) < 1e-6
 
 
 def test_conjugate_gradient_warm_start_and_limits():
@@ -215,7 +272,7 @@ def hf_step(objective, params, batch, damping):
 
 def test_damping_shrinks_when_the_quadratic_model_is_exact():
     # No hidden layer: u = Wx + b is linear in θ, so L is exactly the Gauss–Newton model, ρ = 1.
-    objective, params, batch = setup(("poisson", {"dim": 2, "n_interior": 7, "n_boundary": 5}, (2, 1)))
+    objective, params, batch = setup((*CASES[0][:2], (2, 1)))
     _, state, info = hf_step(objective, params, batch, 0.3)
     assert float(info["rho"]) == pytest.approx(1.0, abs=1e-8)
     assert float(state.damping) == pytest.approx(0.3 * 2 / 3, rel=1e-14)
@@ -226,12 +283,13 @@ def test_damping_grows_when_the_step_overshoots():
     objective, params, batch = setup(CASES[1])
     damping = 1e-10
     _, state, info = hf_step(objective, params, batch, damping)
-    p = state.direction
+    p = np.asarray(state.direction)
     flat, unravel = flatten(params)
-    r, jac = residual_and_jacobian(objective, params, batch)
-    predicted = (jac.T @ r) @ p + 0.5 * jnp.sum((jac @ p) ** 2)
-    actual = objective.loss(unravel(flat + p), batch) - objective.loss(params, batch)
-    assert float(info["rho"]) == pytest.approx(float(actual / predicted), rel=1e-6)
+    r, jac, *_ = jacobians(CASES[1])
+    predicted = (jac.T @ r) @ p + 0.5 * np.sum((jac @ p) ** 2)
+    loss = jax.jit(lambda f: objective.loss(unravel(f), batch))
+    actual = float(loss(flat + p)) - float(loss(flat))
+    assert float(info["rho"]) == pytest.approx(actual / predicted, rel=1e-6)
     assert float(info["rho"]) < 0.25
     assert float(state.damping) == pytest.approx(damping * 1.5, rel=1e-14)
 
@@ -249,27 +307,6 @@ def test_engd_adaptive_damping_follows_the_rule():
     assert float(state.damping) != 1e-10
 
 
-def test_hessian_free_warm_start_and_state_is_a_pytree_of_arrays():
-    objective, params, batch = setup(CASES[2])
-    method = make_method("hessian-free", objective, damping=1e-3, cg_iters=30, cg_tol=1e-6)
-    step = jax.jit(method.step)
-    state = method.init(params)
-    assert isinstance(state, HessianFreeState)
-    losses = []
-    for _ in range(5):
-        params, state, info = step(params, state, batch, jax.random.PRNGKey(0))
-        losses.append(float(info["loss"]))
-    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree_util.tree_leaves(state))
-    assert losses[-1] < losses[0]
-    assert float(jnp.linalg.norm(state.direction)) > 0
-    # The warm start begins CG at the previous p, which is already a good start on a fixed batch.
-    cold = make_method("hessian-free", objective, damping=1e-3, cg_iters=30, cg_tol=1e-6,
-                       warm_start=False)
-    _, _, warm_info = step(params, state, batch, jax.random.PRNGKey(0))
-    _, _, cold_info = jax.jit(cold.step)(params, state, batch, jax.random.PRNGKey(0))
-    assert int(warm_info["cg_iterations"]) <= int(cold_info["cg_iterations"])
-
-
 def test_memory_guard_raises_a_clear_error():
     objective, params, batch = setup(CASES[0])
     key = jax.random.PRNGKey(0)
@@ -278,7 +315,7 @@ def test_memory_guard_raises_a_clear_error():
         jax.jit(method.step)(params, method.init(params), batch, key)
     message = str(err.value)
     assert "\n" not in message
-    d, n = MLP(CASES[0][2]).num_params, 12
+    d, n = MLP(CASES[0][2]).num_params, 20
     for part in (f"D = {d}", f"N = {n}", "GB", "max_memory_gb = 1e-09"):
         assert part in message
     # With room for it the same step compiles (tracing is where the guard sits).
