@@ -108,7 +108,8 @@ def lagrange_dual_update(multipliers: Tree, v: Tree, constraints: Tree, dual_lr:
     v = jax.tree_util.tree_map(
         lambda s, c: LAGRANGE_BETA * s + (1.0 - LAGRANGE_BETA) * c**2, v, constraints)
     multipliers = jax.tree_util.tree_map(
-        lambda lam, c, s: lam + dual_lr * c / jnp.sqrt(s + LAGRANGE_EPS), multipliers, constraints, v)
+        lambda lam, c, s: lam + dual_lr * c / jnp.sqrt(s + LAGRANGE_EPS),
+        multipliers, constraints, v)
     return multipliers, v
 
 
@@ -125,7 +126,8 @@ def capu_dual_update(multipliers: Tree, mu: Tree, v: Tree, constraints: Tree,
     grow = lagrangian >= omega * previous_lagrangian
     mu = jax.tree_util.tree_map(
         lambda m, s: jnp.where(grow, jnp.maximum(eta / jnp.sqrt(s + eps), m), m), mu, v)
-    multipliers = jax.tree_util.tree_map(lambda lam, m, c: lam + m * c, multipliers, mu, constraints)
+    multipliers = jax.tree_util.tree_map(
+        lambda lam, m, c: lam + m * c, multipliers, mu, constraints)
     return multipliers, mu, v
 
 
@@ -158,7 +160,8 @@ class Lagrangian:
     minimise it unchanged; ``problem`` is the objective's problem.
     """
 
-    def __init__(self, objective: Objective, roles: tuple[str, ...], form: str, objective_scale: str):
+    def __init__(self, objective: Objective, roles: tuple[str, ...], form: str,
+                 objective_scale: str):
         self.objective = objective
         self.problem = objective.problem
         self.form = form
@@ -176,10 +179,11 @@ class Lagrangian:
         net = self.objective.net
         params = jax.eval_shape(net.init, jax.random.PRNGKey(0))
         x = jax.ShapeDtypeStruct((1, self.problem.dim), self.objective.dtype)
-        return {
-            g.name: (g.n, jax.eval_shape(lambda p, x, g=g: g.residual(net, p, x), params, x).shape[1])
-            for g in self.constraint_groups
-        }
+
+        def components(group):
+            return jax.eval_shape(lambda p, x: group.residual(net, p, x), params, x).shape[1]
+
+        return {g.name: (g.n, components(g)) for g in self.constraint_groups}
 
     def parts(self, params: Params, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         """The objective ``J`` and the constraint values ``{group: C (N_g, c_g)}``."""
