@@ -56,7 +56,7 @@ def brute_force_slots(net, params, x0, derivs):
             jac = jax.jacfwd(hidden)(x0, layer)  # (in, d)
             rows += [jnp.append(jac[:, i], 0.0) for i in range(k)]
         if weights is not None:
-            hess = jax.hessian(hidden)(x0, layer)  # (in, d, d)
+            hess = jax.jacfwd(jax.jacfwd(hidden))(x0, layer)  # (in, d, d)
             rows.append(jnp.append(jnp.einsum("i,hii->h", weights, hess), 0.0))
         slots.append(jnp.stack(rows))
     return slots
@@ -81,12 +81,12 @@ def brute_force_backprops(net, params, x0, derivs, fn):
         grad = jax.jacfwd(u)(x0, ts).T[:k]  # (k, m), axis directions
         second = None
         if weights is not None:
-            hess = jax.hessian(u)(x0, ts)  # (m, d, d)
+            hess = jax.jacfwd(jax.jacfwd(u))(x0, ts)  # (m, d, d)
             second = jnp.einsum("i,mii->m", weights, hess)
         return jnp.atleast_1d(fn(x0, Jet(value, grad, second)))
 
     zeros = [jnp.zeros((slots, layer["W"].shape[0])) for layer in params]
-    return jax.jacrev(residual)(zeros)
+    return jax.jacfwd(residual)(zeros)
 
 
 def brute_force_terms(objective, params, batch):
@@ -142,49 +142,80 @@ def weighted_heat():
                                   for g in problem.groups])
 
 
-def vector_residuals():
-    """Nonlinear two-component interior residual and value groups with 2 and 1 components."""
-    base = small_poisson(3, 2)
-    interior, boundary = base.groups
+def mixed_heat():
+    """Heat in 1+1d with unequal weights, a nonlinear two-component interior residual (partial
+    Laplacian and time derivative) and value groups of 2 and 1 components sharing a pass."""
+    interior, boundary, initial = weighted_heat().groups
 
     def pde(x, u):
-        return jnp.stack([u.second[0] + u.value[0] ** 3, u.grad[0, 0] * u.value[0] - x[1]])
+        return jnp.stack([u.grad[0, 0] - 0.25 * u.second[0] + u.value[0] ** 3,
+                          u.grad[1, 0] * u.value[0] - x[1]])
 
     def two(x, u):
         return jnp.stack([u.value[0] - x[0], jnp.sin(u.value[0])])
 
-    groups = [
-        dataclasses.replace(interior, fn=pde, weight=1.5),
-        dataclasses.replace(boundary, fn=two, weight=0.7),
-        dataclasses.replace(boundary, name="data", n=2, weight=2.0, role="data"),
-    ]
-    return _with_groups(base, groups)
+    groups = [dataclasses.replace(interior, fn=pde), dataclasses.replace(boundary, fn=two),
+              initial]
+    return _with_groups(weighted_heat(), groups)
 
 
-PROBLEMS = {
-    "poisson": (small_poisson, (2, 5, 4, 1)),
-    "heat": (weighted_heat, (2, 4, 3, 1)),
-    "vector": (vector_residuals, (2, 4, 1)),
+PROBLEMS = {  # one hidden layer: compilation dominates these tests' time
+    "mixed": (mixed_heat, (2, 5, 1)),
+    "poisson": (small_poisson, (2, 5, 1)),
 }
+
+
+def random_params(sizes, seed):
+    """Parameters like ``MLP.init`` (uniform in ±1/sqrt(fan_in)), drawn with NumPy: eager JAX
+    random ops would each be compiled, which costs more than these tests' arithmetic."""
+    rng = np.random.default_rng(seed)
+    return [{"W": jnp.asarray(rng.uniform(-1, 1, (o, i)) / np.sqrt(i)),
+             "b": jnp.asarray(rng.uniform(-1, 1, o) / np.sqrt(i))}
+            for i, o in zip(sizes[:-1], sizes[1:])]
+
+
+def random_batch(objective, seed):
+    """Points in the unit cube for every group (the factors hold for any points)."""
+    rng = np.random.default_rng(seed)
+    return {g.name: jnp.asarray(rng.uniform(0, 1, (g.n, objective.problem.dim)))
+            for g in objective.groups}
 
 
 @functools.lru_cache(maxsize=None)
 def setup(name, seed=0):
     make, sizes = PROBLEMS[name]
-    problem = make()
-    net = MLP(sizes, "tanh")
-    objective = Objective(problem, net)
-    params = net.init(jax.random.PRNGKey(seed))
-    batch = jax.jit(objective.sample)(jax.random.PRNGKey(seed + 1))
-    return objective, params, batch
+    objective = Objective(make(), MLP(sizes, "tanh"))
+    return objective, random_params(sizes, seed), random_batch(objective, seed + 1)
+
+
+# Jitted helpers, compiled once per objective (compilation dominates these small tests).
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(objective, what):
+    if what == "jacobian":
+        return jax.jit(functools.partial(jacobian_matrix, objective))
+    if what == "value_and_grad":
+        return jax.jit(jax.value_and_grad(objective.loss))
+
+    def curvature(params, batch):
+        stats = K.curvature_pass(objective, params, batch)
+        return stats, K.kronecker_terms(objective, stats, batch)
+
+    return jax.jit(curvature)
 
 
 def dense_jacobian(objective, params, batch):
-    return np.asarray(jax.jit(functools.partial(jacobian_matrix, objective))(params, batch))
+    return np.asarray(_jitted(objective, "jacobian")(params, batch))
 
 
 def value_and_grad(objective, params, batch):
-    return jax.jit(jax.value_and_grad(objective.loss))(params, batch)
+    return _jitted(objective, "value_and_grad")(params, batch)
+
+
+def curvature(objective, params, batch):
+    """The pass and this batch's Kronecker terms ``(stats, {term: factors})``."""
+    return _jitted(objective, "curvature")(params, batch)
 
 
 def rel_err(a, b):
@@ -196,11 +227,9 @@ def rel_err(a, b):
 # Factors, gradient and Jacobian products
 
 
-@pytest.mark.parametrize("name", ["heat", "vector"])
-def test_factors_gradient_and_products_match_brute_force(name):
-    objective, params, batch = setup(name)
-    stats = jax.jit(lambda p: K.curvature_pass(objective, p, batch))(params)
-    terms = K.kronecker_terms(objective, stats, batch)
+def test_factors_gradient_and_products_match_brute_force():
+    objective, params, batch = setup("mixed")
+    stats, terms = curvature(objective, params, batch)
     expected, rows = brute_force_terms(objective, params, batch)
     assert sorted(terms) == sorted(expected)
     for term in expected:
@@ -227,14 +256,14 @@ def test_factors_gradient_and_products_match_brute_force(name):
     assert start == jac.shape[0]
 
     # Loss, gradient and Jacobian–vector products from the same pass.
-    loss, grads = K.loss_and_gradient(stats)
+    loss, grads = jax.jit(K.loss_and_gradient)(stats)
     want_loss, want_grads = value_and_grad(objective, params, batch)
     assert rel_err(loss, want_loss) < 1e-13
     assert rel_err(flatten(K.to_params(grads))[0], flatten(want_grads)[0]) < 1e-12
-    keys = jax.random.split(jax.random.PRNGKey(7), 2)
-    directions = [[jax.random.normal(jax.random.fold_in(k, i), m.shape)
-                   for i, m in enumerate(K.to_matrices(params))] for k in keys]
-    products = np.asarray(K.jacobian_products(stats, directions))
+    rng = np.random.default_rng(7)
+    directions = [[jnp.asarray(rng.normal(size=(lp["W"].shape[0], lp["W"].shape[1] + 1)))
+                   for lp in params] for _ in range(2)]
+    products = np.asarray(jax.jit(K.jacobian_products)(stats, directions))
     for v, jv in zip(directions, products):
         dense = jac @ np.asarray(flatten(K.to_params(v))[0])
         # Same entries in another order, plus zeros where components were padded.
@@ -253,58 +282,74 @@ def single_point_problem():
     return _with_groups(base, [group])
 
 
-@pytest.mark.parametrize("sizes", [(2, 1), (2, 6, 1)])
-def test_single_point_value_residual_is_exact(sizes):
-    objective = Objective(single_point_problem(), MLP(sizes, "tanh"))
-    params = objective.net.init(jax.random.PRNGKey(3))
-    batch = objective.sample(jax.random.PRNGKey(4))
-    stats = K.curvature_pass(objective, params, batch)
-    (factors,) = K.kronecker_terms(objective, stats, batch).values()
+def test_single_point_value_residual_is_exact():
+    """N = 1, S = 1 on a single linear layer: A ⊗ B is the Gramian, the KFAC direction is the
+    Gauss–Newton step, and, the model being linear, one KFAC step zeroes the residual."""
+    objective = Objective(single_point_problem(), MLP((2, 1), "tanh"))
+    params = random_params((2, 1), 3)
+    batch = random_batch(objective, 4)
+    stats, terms = curvature(objective, params, batch)
+    ((factors,),) = terms.values()
     jac = dense_jacobian(objective, params, batch)
-    gram = jac.T @ jac
-    # Last layer's block of G (its W and b columns in the flat order), reordered to vec([W, b]).
-    last = params[-1]
-    out, inp = last["W"].shape
-    lo = sum(l["W"].size + l["b"].size for l in params[:-1])
-    perm = np.concatenate([lo + np.arange(out * inp).reshape(out, inp).T.ravel(),
-                           lo + out * inp + np.arange(out)])
-    block = gram[np.ix_(perm, perm)]
-    assert rel_err(np.kron(factors[-1].a, factors[-1].b), block) < 1e-12
+    # G in the flat order (W row-major, then b) reordered to the column-major vec of [W, b].
+    out, inp = params[0]["W"].shape
+    perm = np.concatenate([np.arange(out * inp).reshape(out, inp).T.ravel(),
+                           out * inp + np.arange(out)])
+    gram = (jac.T @ jac)[np.ix_(perm, perm)]
+    assert rel_err(np.kron(factors.a, factors.b), gram) < 1e-12
 
-    # The KFAC step on that layer is the Gauss–Newton step −G⁺∇L (λ → 0).
-    loss, grads = K.loss_and_gradient(stats)
-    inverse = invert(factors[-1], None, 1e-9)
-    step = K.natural_direction([inverse], [grads[-1]])[0]
-    vec_grad = np.concatenate([np.asarray(grads[-1][:, :-1]).T.ravel(), grads[-1][:, -1]])
-    gn = -np.linalg.pinv(block, rcond=1e-12) @ vec_grad
-    assert rel_err(np.concatenate([np.asarray(step[:, :-1]).T.ravel(), step[:, -1]]), gn) < 1e-6
+    (grad,) = K.loss_and_gradient(stats)[1]
+    step = K.natural_direction([invert(factors, None, 1e-9)], [grad])[0]
+    vec_grad = np.asarray(grad).ravel(order="F")
+    gauss_newton = -np.linalg.pinv(gram, rcond=1e-12) @ vec_grad
+    assert rel_err(np.asarray(step).ravel(order="F"), gauss_newton) < 1e-6
+
+    method = make_method("kfac", objective, damping=1e-10, ema=0.0)
+    new_params, _, info = jax.jit(method.step)(params, method.init(params), batch, None)
+    assert float(info["loss"]) > 1e-3
+    assert float(info["step_size"]) == 1.0
+    assert float(objective.loss(new_params, batch)) < 1e-16 * float(info["loss"])
 
 
-def random_spd(key, n):
-    m = jax.random.normal(key, (n, n))
-    return m @ m.T / n + 0.1 * jnp.eye(n)
+def random_spd(rng, n):
+    m = rng.normal(size=(n, n))
+    return m @ m.T / n + 0.1 * np.eye(n)
 
 
 def test_kronecker_sum_inverse_matches_dense():
-    keys = jax.random.split(jax.random.PRNGKey(11), 5)
-    a1, a2 = random_spd(keys[0], 4), random_spd(keys[1], 4)
-    b1, b2 = random_spd(keys[2], 3), random_spd(keys[3], 3)
-    v = jax.random.normal(keys[4], (3, 4))
+    rng = np.random.default_rng(11)
+    a1, a2 = random_spd(rng, 4), random_spd(rng, 4)
+    b1, b2 = random_spd(rng, 3), random_spd(rng, 3)
+    v = rng.normal(size=(3, 4))
     lam = 0.3
     eye_a, eye_b = np.eye(4), np.eye(3)
     vec = np.asarray(v).ravel(order="F")  # column-major vec of the (out, in+1) matrix
 
-    dense = np.kron(a1 + lam * eye_a, b1 + lam * eye_b) + np.kron(a2 + lam * eye_a, b2 + lam * eye_b)
-    got = invert(KroneckerFactors(a1, b1), KroneckerFactors(a2, b2), lam).apply(v)
-    assert rel_err(np.asarray(got).ravel(order="F"), np.linalg.solve(dense, vec)) < 1e-12
+    @jax.jit
+    def both(a1, b1, a2, b2):
+        pair = invert(KroneckerFactors(a1, b1), KroneckerFactors(a2, b2), lam).apply(v)
+        return pair, invert(KroneckerFactors(a1, b1), None, lam).apply(v)
 
-    single = np.kron(a1 + lam * eye_a, b1 + lam * eye_b)
-    got = invert(KroneckerFactors(a1, b1), None, lam).apply(v)
-    assert rel_err(np.asarray(got).ravel(order="F"), np.linalg.solve(single, vec)) < 1e-12
+    pair, single = both(a1, b1, a2, b2)
+    dense = np.kron(a1 + lam * eye_a, b1 + lam * eye_b) + np.kron(a2 + lam * eye_a, b2 + lam * eye_b)
+    assert rel_err(np.asarray(pair).ravel(order="F"), np.linalg.solve(dense, vec)) < 1e-12
+    dense = np.kron(a1 + lam * eye_a, b1 + lam * eye_b)
+    assert rel_err(np.asarray(single).ravel(order="F"), np.linalg.solve(dense, vec)) < 1e-12
 
 
 # ---------------------------------------------------------------------------------------------
 # The optimisers
+
+
+def natural_direction(inverses, grads):
+    """``−(A₁ ⊗ B₁ + A₂ ⊗ B₂)⁻¹ ∇L`` per layer in NumPy, from the factored inverses a step used
+    (the factored form itself is checked against a dense inverse above)."""
+    out = []
+    for inv, layer in zip(inverses, grads):
+        k_a, k_b, s_a, s_b = (np.asarray(t) for t in inv)
+        v = np.concatenate([layer["W"], layer["b"][:, None]], axis=1)
+        out.append(-k_b @ ((k_b.T @ v @ k_a) / (np.outer(s_b, s_a) + 1.0)) @ k_a.T)
+    return out
 
 
 def _dense_quadratic(objective, params, batch, direction, previous, damping):
@@ -317,26 +362,25 @@ def _dense_quadratic(objective, params, batch, direction, previous, damping):
 
 
 def test_kfac_star_steps_solve_the_quadratic_model():
-    objective, params0, batch = setup("heat")
+    objective, params0, batch = setup("mixed")
     damping = 1e-6
     method = make_method("kfac-star", objective, damping=damping, ema=0.7)
-    state0 = method.init(params0)
-    params1, state1, info1 = method.step(params0, state0, batch, None)
-    params2, state2, info2 = method.step(params1, state1, batch, None)
+    step = jax.jit(method.step)
+    params1, state1, info1 = step(params0, jax.jit(method.init)(params0), batch, None)
+    params2, state2, info2 = step(params1, state1, batch, None)
 
-    # First step: δ = 0, the 1×1 model along Δ.
-    grads0 = K.loss_and_gradient(K.curvature_pass(objective, params0, batch))[1]
-    direction0 = K.natural_direction(state1.inverses, grads0)
+    # First step: δ = 0, the 1×1 model along Δ (from the inverses the step used).
+    grads0 = value_and_grad(objective, params0, batch)[1]
+    direction0 = natural_direction(state1.inverses, grads0)
     gram, grad, d, _ = _dense_quadratic(objective, params0, batch, direction0, direction0, damping)
     alpha = -(grad @ d) / (d @ gram @ d)
-    assert abs(float(info1["momentum"])) == 0.0
+    assert float(info1["momentum"]) == 0.0
     assert rel_err(info1["step_size"], alpha) < 1e-9
-    moved = flatten(params1)[0] - flatten(params0)[0]
-    assert rel_err(moved, alpha * d) < 1e-9
+    assert rel_err(flatten(params1)[0] - flatten(params0)[0], alpha * d) < 1e-9
 
     # Second step: the 2×2 system in the plane of Δ and the previous step δ.
-    grads1 = K.loss_and_gradient(K.curvature_pass(objective, params1, batch))[1]
-    direction1 = K.natural_direction(state2.inverses, grads1)
+    grads1 = value_and_grad(objective, params1, batch)[1]
+    direction1 = natural_direction(state2.inverses, grads1)
     previous = list(state1.previous)
     gram, grad, d, p = _dense_quadratic(objective, params1, batch, direction1, previous, damping)
     system = np.array([[d @ gram @ d, d @ gram @ p], [d @ gram @ p, p @ gram @ p]])
@@ -344,38 +388,43 @@ def test_kfac_star_steps_solve_the_quadratic_model():
     assert abs(mu) > 1e-3  # a genuine 2×2 solve, not the 1×1 fallback
     assert rel_err(info2["step_size"], alpha) < 1e-8
     assert rel_err(info2["momentum"], mu) < 1e-8
-    moved = flatten(params2)[0] - flatten(params1)[0]
-    assert rel_err(moved, alpha * d + mu * p) < 1e-8
+    assert rel_err(flatten(params2)[0] - flatten(params1)[0], alpha * d + mu * p) < 1e-8
     assert float(objective.loss(params2, batch)) < float(objective.loss(params0, batch))
 
 
-def test_kfac_state_follows_ema_and_momentum():
+def test_kfac_moving_averages_momentum_and_intervals():
     objective, params, batch = setup("poisson")
     beta, mu = 0.6, 0.4
-    method = make_method("kfac", objective, ema=beta, momentum=mu, damping=1e-8)
-    state = method.init(params)
-    new_params, state1, info = method.step(params, state, batch, None)
-    stats = K.curvature_pass(objective, params, batch)
-    fresh = K.kronecker_terms(objective, stats, batch)
+    method = make_method("kfac", objective, ema=beta, momentum=mu, damping=1e-8,
+                         update_interval=2, inverse_interval=2)
+    step = jax.jit(method.step)
+    params1, state1, info1 = step(params, jax.jit(method.init)(params), batch, None)
+
+    # Step 0 refreshes: F = β I + (1 − β) F_batch for every factor of both terms.
+    fresh = curvature(objective, params, batch)[1]
     for term_state, term in zip(state1.factors, ("interior", "value")):
         for got, new in zip(term_state, fresh[term]):
             assert rel_err(got.a, beta * np.eye(got.a.shape[0]) + (1 - beta) * new.a) < 1e-13
             assert rel_err(got.b, beta * np.eye(got.b.shape[0]) + (1 - beta) * new.b) < 1e-13
-    # m = 0·μ + Δ on the first step, and the parameters moved by α m with α from the grid.
-    alpha = float(info["step_size"])
+    # m = Δ on the first step; the parameters move by α m with α from the grid, downhill.
+    alpha = float(info1["step_size"])
     assert alpha in [2.0**-k for k in range(31)]
-    moved = flatten(new_params)[0] - flatten(params)[0]
-    assert rel_err(moved, alpha * flatten(K.to_params(list(state1.previous)))[0]) < 1e-12
-    assert float(objective.loss(new_params, batch)) < float(info["loss"])
+    m1 = flatten(K.to_params(list(state1.previous)))[0]
+    assert rel_err(flatten(params1)[0] - flatten(params)[0], alpha * m1) < 1e-12
+    assert float(objective.loss(params1, batch)) < float(info1["loss"])
 
-    # Intervals: with update_interval=2 the second step keeps the factors of the first.
-    method = make_method("kfac", objective, update_interval=2, inverse_interval=2)
-    s1 = method.step(params, method.init(params), batch, None)[1]
-    s2 = method.step(new_params, s1, batch, None)[1]
-    assert all(np.array_equal(x, y) for x, y in
-               zip(jax.tree_util.tree_leaves(s1.factors), jax.tree_util.tree_leaves(s2.factors)))
-    s3 = method.step(new_params, s2, batch, None)[1]
-    assert not np.array_equal(s3.factors[0][0].a, s2.factors[0][0].a)
+    # Step 1 keeps factors and inverses (interval 2), so m ← μ m + Δ with the same inverses.
+    params2, state2, info2 = step(params1, state1, batch, None)
+    same = zip(jax.tree_util.tree_leaves((state1.factors, state1.inverses)),
+               jax.tree_util.tree_leaves((state2.factors, state2.inverses)))
+    assert all(np.array_equal(x, y) for x, y in same)
+    grads1 = value_and_grad(objective, params1, batch)[1]
+    direction1 = natural_direction(state1.inverses, grads1)
+    m2 = flatten(K.to_params(list(state2.previous)))[0]
+    assert rel_err(m2, mu * m1 + flatten(K.to_params(direction1))[0]) < 1e-10
+    # Step 2 refreshes again.
+    state3 = step(params2, state2, batch, None)[1]
+    assert not np.array_equal(state3.factors[0][0].a, state2.factors[0][0].a)
 
 
 def test_unsupported_groups_and_settings_raise():
@@ -390,19 +439,19 @@ def test_unsupported_groups_and_settings_raise():
 
 
 def test_kfac_star_trains_poisson_2d():
-    """~80 steps of KFAC* on the [KFAC] 2d Poisson problem (2-64-1, 900/120 points)."""
+    """150 steps of KFAC* (default settings) on the [KFAC] 2d Poisson problem, 2-64-1 net and
+    900/120 fixed points: the RMS error falls by more than 100x (measured: about 240x)."""
     problem = make_problem("poisson", dim=2)
-    net = MLP((2, 64, 1), "tanh")
-    objective = Objective(problem, net)
-    params = net.init(jax.random.PRNGKey(0))
-    batch = objective.sample(jax.random.PRNGKey(1))
+    objective = Objective(problem, MLP((2, 64, 1), "tanh"))
+    params = objective.net.init(jax.random.PRNGKey(0))
+    batch = jax.jit(objective.sample)(jax.random.PRNGKey(1))
     x = problem.eval_points()
     reference = problem.reference(x)
+    rms = jax.jit(lambda p: objective.errors(p, x, reference)["rms_u"])
     method = make_method("kfac-star", objective)
     step = jax.jit(method.step)
-    state = method.init(params)
-    error0 = float(objective.errors(params, x, reference)["rms_u"])
-    for _ in range(80):
+    state = jax.jit(method.init)(params)
+    error0 = float(rms(params))
+    for _ in range(150):
         params, state, info = step(params, state, batch, None)
-    error = float(objective.errors(params, x, reference)["rms_u"])
-    assert error < error0 / 100
+    assert float(rms(params)) < error0 / 100

@@ -426,6 +426,6 @@ register(MethodSpec(
 ))
 register(MethodSpec(
     "kfac-star", kfac_star,
-    {"damping": 1e-10, "ema": 0.95, **_CURVATURE_HPARAMS, "initial_lr": 0.0},
+    {"damping": 1e-12, "ema": 0.7, **_CURVATURE_HPARAMS, "initial_lr": 0.0},
     "KFAC* : KFAC direction with learning rate and momentum from the exact quadratic model",
 ))
