@@ -95,6 +95,7 @@ def run(quick: bool = False, out: str | Path | None = None) -> Path:
     ]
     lines += [f"| {r['net']} | {r['D']} | {r['taylor_ms']:.2f} | {r['nested_autodiff_ms']:.2f} | "
               f"{r['speedup']:.1f}x | {r['loss_rel_diff']:.1e} |" for r in rows]
-    lines += ["", f"Machine: {info['cpu']}, {info['cores']} cores, {info['device']}, jax {info['jax']}."]
+    lines += ["", f"Machine: {info['cpu']}, {info['cores']} cores, {info['device']}, jax {info['jax']}, "
+                  f"load average {info['load_average_1min']:.2f} (other processes share the cores)."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     return out
