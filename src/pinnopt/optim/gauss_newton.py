@@ -91,11 +91,12 @@ def pinv_solve(matrix: jax.Array, rhs: jax.Array, damping: jax.Array | float) ->
 
 def damped_solve(matrix: jax.Array, rhs: jax.Array, damping: jax.Array | float, solver: str
                  ) -> tuple[jax.Array, jax.Array]:
-    """``(M + λI)⁻¹ b`` for symmetric PSD ``M``; returns the solution and whether it fell back.
+    """``(M + λI)⁻¹ b`` for symmetric PSD ``M``; returns the solution and 1.0 where the
+    pseudo-inverse was used (else 0.0).
 
     ``solver="cholesky"``: Cholesky of ``M + λI``; when round-off makes it fail (the factor has
     non-finite entries, i.e. ``M + λI`` is not numerically positive definite) the
-    :func:`pinv_solve` pseudo-inverse is used instead (``fallback = 1``).
+    :func:`pinv_solve` pseudo-inverse is used instead.
     ``solver="eigh"``: always the pseudo-inverse.
     """
     if solver == "eigh":
@@ -120,15 +121,16 @@ def engd_memory_bytes(variant: str, n: int, sizes: list[int], itemsize: int) -> 
 
 
 def resolve_variant(variant: str, n: int, d: int) -> str:
+    """``auto`` becomes ``woodbury`` for fewer residuals than parameters (N < D), else ``full``."""
     if variant == "auto":
         return "woodbury" if n < d else "full"
     return variant
 
 
-def engd_direction(jac: jax.Array, residual: jax.Array, damping: float, variant: str,
-                   solver: str, sizes: list[int]) -> tuple[jax.Array, jax.Array]:
-    """The ENGD direction ``Δ = −(JᵀJ + λI)⁻¹ Jᵀ r`` (flat, ``(D,)``) of a resolved ``variant``,
-    and whether the solve fell back to the pseudo-inverse (the largest over blocks)."""
+def engd_direction(jac: jax.Array, residual: jax.Array, damping: jax.Array | float,
+                   variant: str, solver: str, sizes: list[int]) -> tuple[jax.Array, jax.Array]:
+    """The ENGD direction ``Δ = −(JᵀJ + λI)⁻¹ Jᵀ r`` (flat, ``(D,)``) of a resolved ``variant``
+    from ``J (N, D)`` and ``r (N,)``, and 1.0 where a solve used the pseudo-inverse."""
     if variant == "woodbury":
         # (JᵀJ + λI)⁻¹ Jᵀ = Jᵀ (JJᵀ + λI)⁻¹: the same step from an N×N system.
         coefficients, fallback = damped_solve(jac @ jac.T, residual, damping, solver)
