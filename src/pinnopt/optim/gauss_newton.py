@@ -178,7 +178,8 @@ def engd(objective: Objective, variant: str, damping: float, solver: str, adapt_
     if not max_memory_gb > 0:
         raise ValueError(f"engd: max_memory_gb must be positive, got {max_memory_gb}")
     if line_search_candidates < 1:
-        raise ValueError(f"engd: line_search_candidates must be at least 1, got {line_search_candidates}")
+        raise ValueError(
+            f"engd: line_search_candidates must be at least 1, got {line_search_candidates}")
 
     def init(params):
         flat, _ = flatten(params)
@@ -206,7 +207,8 @@ def engd(objective: Objective, variant: str, damping: float, solver: str, adapt_
         alpha, _ = grid_line_search(loss_fn, params, direction, loss, line_search_candidates)
         info = {"loss": loss, "step_size": alpha, "damping": lam, "pseudo_inverse": fallback}
         if adapt_damping:
-            predicted = (jac.T @ residual) @ flat_direction + 0.5 * jnp.sum((jac @ flat_direction) ** 2)
+            model_step = jac @ flat_direction
+            predicted = (residual @ model_step) + 0.5 * jnp.sum(model_step**2)
             info["rho"] = (loss_fn(apply_step(params, direction, 1.0)) - loss) / predicted
             state = EngdState(martens_damping(lam, info["rho"]))
         return apply_step(params, direction, alpha), state, info
@@ -294,7 +296,8 @@ def hessian_free(objective: Objective, damping: float, cg_iters: int, cg_tol: fl
         raise ValueError(f"hessian-free: cg_tol must be non-negative, got {cg_tol}")
     if line_search_candidates < 1:
         raise ValueError(
-            f"hessian-free: line_search_candidates must be at least 1, got {line_search_candidates}")
+            f"hessian-free: line_search_candidates must be at least 1, "
+            f"got {line_search_candidates}")
 
     def init(params):
         flat, _ = flatten(params)
