@@ -152,7 +152,7 @@ def plot_conflict(history: list[dict[str, Any]], out_dir: Path, title: str) -> l
         values = [r.get(f"method_{key}", np.nan) for r in rows]
         axes[0].plot(steps, values, ".-", ms=3, lw=1, label=label)
     axes[0].axhline(0.0, color="k", lw=0.6)
-    axes[0].set_xscale("symlog", linthresh=1.0)
+    axes[0].set_xscale("log")  # diagnostics exist from step 1 on
     axes[0].set_ylim(-1.05, 1.05)
     axes[0].set_xlabel("step")
     axes[0].set_title("task-gradient conflict")
