@@ -8,7 +8,8 @@ written yet) and writes ``summary.md`` beside them: per problem and aggregator, 
 L2 error of ρ at each evaluated ε (mean ± standard deviation across seeds), the worst-ε error
 (the largest over ε in each run; mean ± std and the worst run), steps done, and the conflict
 statistics of the task gradients averaged over the logged steps of training
-(``method_cos_min``, ``method_conflict_fraction``, ``method_update_cos_min``).
+(``method_cos_min``, ``method_conflict_fraction``, ``method_update_cos_min``), with their
+values at the last logged step.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def load_runs(root: Path) -> list[dict]:
         per_eps = {float(m.group(1)): v for k, v in summary["final"].items()
                    if (m := PER_EPS.match(k))}
         trained = [r for r in history if r["step"] > 0]
-        conflict = {k: float(np.mean([r[f"method_{k}"] for r in trained]))
+        conflict = {k: (float(np.mean([r[f"method_{k}"] for r in trained])),
+                        trained[-1][f"method_{k}"])
                     for k in CONFLICT if trained and f"method_{k}" in trained[0]}
         runs.append({"name": run_dir.name, "problem": config["problem"],
                      "method": config["method"], "seed": config["seed"],
@@ -63,7 +65,8 @@ def table(problem: str, runs: list[dict]) -> list[str]:
     methods = sorted(by_method, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
     eps_values = sorted({e for r in runs for e in r["per_eps"]}, reverse=True)
     head = (["method", "seeds", "steps"] + [f"ε={e:g}" for e in eps_values]
-            + ["worst ε (mean ± std)", "worst run", "cos_min", "conflict frac.", "min cos(update, g_i)"])
+            + ["worst ε (mean ± std)", "worst run", "cos_min", "conflict frac.",
+               "min cos(update, g_i)"])
     lines = [f"### {problem}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in methods:
         group = sorted(by_method[method], key=lambda r: r["seed"])
@@ -74,8 +77,9 @@ def table(problem: str, runs: list[dict]) -> list[str]:
         cells += [mean_std([r["per_eps"][e] for r in group if e in r["per_eps"]]) for e in eps_values]
         cells += [mean_std(worst) if worst else "", f"{max(worst):.2e}" if worst else ""]
         for key in CONFLICT:
-            values = [r["conflict"][key] for r in group if key in r["conflict"]]
-            cells.append(f"{np.mean(values):+.2f}" if values else "–")
+            values = np.array([r["conflict"][key] for r in group if key in r["conflict"]])
+            cells.append(f"{values[:, 0].mean():+.2f} / {values[:, 1].mean():+.2f}"
+                         if values.size else "–")
         lines.append("| " + " | ".join(cells) + " |")
     not_completed = [f"{r['name']} ({r['status']})" for r in runs if r["status"] != "completed"]
     if not_completed:
@@ -90,9 +94,10 @@ def main(argv: list[str]) -> int:
         print(f"no finished runs under {root}/runs", file=sys.stderr)
         return 1
     lines = [f"# multitask suite: relative L2 error of ρ at t = T per ε, across seeds ({root})", "",
-             "Conflict columns: averages over the logged training steps of the smallest pairwise",
-             "cosine between task gradients, the fraction of task pairs with a negative cosine,",
-             "and the smallest cosine between the update and a task gradient.", ""]
+             "Conflict columns, as `mean / final` (mean over the logged training steps, then the",
+             "last logged step; both averaged over seeds): the smallest pairwise cosine between",
+             "task gradients, the fraction of task pairs with a negative cosine, and the smallest",
+             "cosine between the update and a task gradient.", ""]
     for problem in sorted({r["problem"] for r in runs}, key=lambda p: p != "transport"):
         lines += table(problem, [r for r in runs if r["problem"] == problem]) + [""]
     machine = root / "machine.json"
