@@ -19,6 +19,11 @@ Results go to ``benchmarks/results/<suite>`` (``<suite>-quick`` for quick runs):
 directory per configuration, ``results.md`` and ``results.csv`` (final errors, seconds per step,
 steps done), ``error_vs_time_<group>.png`` and ``machine.json``. A run that already completed
 is not repeated, and an interrupted one is resumed, so a killed suite continues where it was.
+
+A suite may extend others with ``include = ["other-suite"]``: the other suite's runs (with
+its own defaults) come first, and a run that already completed in the other suite's results
+with an identical configuration is copied from there instead of being trained again (so
+``kfac`` extends ``kfac-first-order`` without re-running the first-order baselines).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -55,7 +61,12 @@ def find_suite(name: str) -> Path:
     )
 
 
-def load_suite(path: Path, quick: bool = False) -> tuple[dict[str, Any], list[tuple[str, str, RunConfig]]]:
+def load_suite(path: Path, quick: bool = False, _seen: tuple[str, ...] = ()
+               ) -> tuple[dict[str, Any], list[tuple[str, str, RunConfig, str]]]:
+    """The suite's data and its runs as ``(name, group, config, suite)``; ``suite`` is the
+    stem of the suite file that defines the run (another one for included runs)."""
+    if path.stem in _seen:
+        raise ConfigError(f"suite {str(path)!r} includes itself (through {' -> '.join(_seen)})")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
@@ -63,11 +74,20 @@ def load_suite(path: Path, quick: bool = False) -> tuple[dict[str, Any], list[tu
     defaults = dict(data.get("defaults", {}))
     if quick:
         defaults.update(data.get("quick", {}))
-    runs = data.get("runs")
-    if not isinstance(runs, list) or not runs:
-        raise ConfigError(f"suite {str(path)!r} has no [[runs]]")
+    includes = data.get("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ConfigError(f"suite {str(path)!r}: include must be a suite name or a list of them")
     configs = []
-    names = set()
+    for other in includes:
+        configs += load_suite(find_suite(other), quick, _seen + (path.stem,))[1]
+    names = {c[0] for c in configs}
+    if len(names) < len(configs):
+        raise ConfigError(f"suite {str(path)!r}: included suites share run names")
+    runs = data.get("runs", [] if includes else None)
+    if not isinstance(runs, list) or not (runs or configs):
+        raise ConfigError(f"suite {str(path)!r} has no [[runs]]")
     for entry in runs:
         entry = dict(entry)
         name = entry.pop("name", None)
@@ -79,7 +99,7 @@ def load_suite(path: Path, quick: bool = False) -> tuple[dict[str, Any], list[tu
         if quick:
             settings.update(data.get("quick", {}))
         try:
-            configs.append((name, group, RunConfig.from_dict(settings)))
+            configs.append((name, group, RunConfig.from_dict(settings), path.stem))
         except ConfigError as err:
             raise ConfigError(f"suite run {name!r}: {err}") from None
     return data, configs
@@ -99,6 +119,8 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        # Cores this process may run on (fewer than "cores" when pinned with taskset).
+        "cores_used": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "device": str(jax.devices()[0]),
         "jax": jax.__version__,
         "python": platform.python_version(),
@@ -121,10 +143,13 @@ def run_suite(name: str, quick: bool = False, out: str | Path | None = None,
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "machine.json").write_text(json.dumps(machine(), indent=2))
     rows = []
-    for run_name, group, config in configs:
+    for run_name, group, config, origin in configs:
         run_dir = out / "runs" / run_name
         summary_path = run_dir / "summary.json"
         config.plots = False
+        if origin != path.stem and not run_dir.exists():
+            _copy_if_same(RESULTS_DIR / (origin + ("-quick" if quick else "")) / "runs" / run_name,
+                          run_dir, config)
         if summary_path.exists() and json.loads(summary_path.read_text())["status"] != "interrupted":
             summary = json.loads(summary_path.read_text())
             print(f"[{run_name}] done before: kept")
@@ -137,6 +162,19 @@ def run_suite(name: str, quick: bool = False, out: str | Path | None = None,
     plot_groups(out, rows)
     print(f"results in {out}/results.md")
     return out
+
+
+def _copy_if_same(source: Path, target: Path, config: RunConfig) -> None:
+    """Copy a completed run of an included suite when it was trained with ``config``."""
+    try:
+        summary = json.loads((source / "summary.json").read_text())
+        done = RunConfig.from_dict(json.loads((source / "config.json").read_text()))
+    except (OSError, ValueError, ConfigError):
+        return
+    done.plots = False
+    if summary.get("status") != "interrupted" and done == config:
+        shutil.copytree(source, target)
+        print(f"[{target.name}] copied from {source.parent.parent}")
 
 
 def _row(name: str, group: str, config: RunConfig, summary: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +212,9 @@ def write_table(out: Path, description: str, rows: list[dict[str, Any]]) -> None
         lines.append("| " + " | ".join(cells) + " |")
     m = json.loads((out / "machine.json").read_text())
     lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}, jax {m['jax']}, "
-                  f"load average {m['load_average_1min']:.2f} when the suite started."]
+                  f"load average {m['load_average_1min']:.2f} when the suite started"
+                  + (f", pinned to {m['cores_used']} of the cores." if m.get("cores_used")
+                     and m["cores_used"] < m["cores"] else ".")]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
@@ -195,7 +235,8 @@ def plot_groups(out: Path, rows: list[dict[str, Any]]) -> None:
             if key is None:
                 continue
             ts = [max(h["time"], 1e-4) for h in history]
-            ax.loglog(ts, [h[key] for h in history], label=f"{r['method']} ({key})")
+            label = r["name"].removeprefix(group).strip("-") or r["method"]
+            ax.loglog(ts, [h[key] for h in history], label=f"{label} ({key})")
         ax.set_xlabel("training time [s]")
         ax.set_ylabel("RMS error")
         ax.set_title(f"{group} (D = {members[0]['D']})")

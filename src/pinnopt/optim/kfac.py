@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pinnopt.nets import MLP, Params
-from pinnopt.optim.base import Method, MethodSpec, register
+from pinnopt.optim.base import Method, MethodSpec, more_damping, register
 from pinnopt.optim.kfac_blocks import (
     KroneckerFactors,
     KroneckerSumInverse,
@@ -423,9 +423,11 @@ register(MethodSpec(
     "kfac", kfac,
     {"damping": 1.5e-12, "ema": 0.45, "momentum": 0.51, **_CURVATURE_HPARAMS},
     "KFAC for PINN losses (interior + boundary Kronecker sums), momentum and grid line search",
+    safer=more_damping(),
 ))
 register(MethodSpec(
     "kfac-star", kfac_star,
     {"damping": 1e-12, "ema": 0.7, **_CURVATURE_HPARAMS, "initial_lr": 0.0},
     "KFAC* : KFAC direction with learning rate and momentum from the exact quadratic model",
+    safer=more_damping(),
 ))
