@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints (30)")
     tr.add_argument("--on-divergence", choices=("retry", "stop"),
                     help="after NaN/Inf: retry the step with safer settings (default) or stop")
+    tr.add_argument("--devices", type=int,
+                    help="split the points over N devices (default: all; docs/distributed.md)")
     tr.add_argument("--out", help="run directory (default runs/<problem>-<method>-seed<seed>)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     tr.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint")
@@ -126,7 +128,7 @@ def _config_from_args(args) -> "RunConfig":
     if args.method is not None and args.method != data.get("method"):
         data["hparams"] = {}
     for key in ("problem", "net", "activation", "method", "steps", "time_budget", "seed",
-                "dtype", "eval_ratio", "checkpoint_every", "on_divergence"):
+                "dtype", "eval_ratio", "checkpoint_every", "on_divergence", "devices"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
@@ -155,7 +157,7 @@ def cmd_train(args) -> int:
         if given:
             raise UsageError(f"--resume continues a run as configured; drop {', '.join(given)}")
         summary = resume(args.resume, steps=args.steps, time_budget=args.time_budget,
-                                  progress=progress)
+                         progress=progress, devices=args.devices)
     else:
         config = _config_from_args(args)
         summary = train(config, out=args.out, progress=progress, overwrite=args.overwrite)
@@ -258,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     try:
+        from pinnopt import distributed
+
+        distributed.initialize()  # before anything uses JAX; a no-op outside multi-process runs
         args = parser.parse_args(argv)
         if args.command is None:
             args = parser.parse_args(["train", *(argv or [])])

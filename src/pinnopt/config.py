@@ -34,6 +34,8 @@ class RunConfig:
     ``time_budget`` seconds of training time (evaluation excluded), whichever comes first.
     Evaluations happen at steps 0, 1 and then every time the step grows by ``eval_ratio``;
     checkpoints at evaluations at least ``checkpoint_every`` seconds apart, and at the end.
+    ``devices`` is the number of devices the collocation points are split over (data
+    parallelism, ``docs/distributed.md``); ``None`` uses every device.
     A step that produces NaN or Inf is rolled back; with ``on_divergence = "retry"`` it is
     redone with the method's safer settings (up to ``max_retries`` times), else the run stops.
     """
@@ -53,6 +55,7 @@ class RunConfig:
     plots: bool = True
     on_divergence: str = "retry"
     max_retries: int = 3
+    devices: int | None = None
 
     def __post_init__(self):
         self.validate()
@@ -94,6 +97,8 @@ class RunConfig:
         if self.on_divergence not in ("retry", "stop"):
             raise ConfigError(f"on_divergence={self.on_divergence!r} must be 'retry' or 'stop'")
         _check_int("max_retries", self.max_retries, minimum=0)
+        if self.devices is not None:
+            _check_int("devices", self.devices, minimum=1)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is unknown; choose from {', '.join(DTYPES)}")
         if self.net is not None and not isinstance(self.net, str):

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pinnopt import checkpoint
+from pinnopt import checkpoint, distributed
 from pinnopt.config import ConfigError, RunConfig
 from pinnopt.nets import MLP, Params
 from pinnopt.optim import METHODS, Method, make_method
@@ -172,6 +172,8 @@ def metadata(setup: Setup) -> dict[str, Any]:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "device": str(jax.devices()[0]),
+        "devices": distributed.resolve_devices(setup.config.devices),
+        "processes": jax.process_count(),
         "platform": platform.platform(),
         "git_revision": rev,
         "num_params": setup.net.num_params,
@@ -190,6 +192,9 @@ class Trainer:
         self.progress = progress
         self.log = log
         self.setup = build(config)
+        self.parallel = distributed.data_parallel(
+            config.devices, {g.name: g.n for g in self.setup.objective.groups})
+        self.main = distributed.is_main_process()
         self._stop_signal: str | None = None
 
     # -- state ---------------------------------------------------------------------------
@@ -212,6 +217,25 @@ class Trainer:
             self._fixed_batch = self.setup.objective.sample(key)
         return self._fixed_batch
 
+    def placed_batch(self, step: int) -> Batch:
+        """The step's batch, split over the devices in a data-parallel run."""
+        if self.parallel is None:
+            return self.batch(step)
+        if self.setup.problem.resample:
+            return self.parallel.place_batch(self.batch(step))
+        if not hasattr(self, "_placed_fixed_batch"):
+            self._placed_fixed_batch = self.parallel.place_batch(self.batch(step))
+        return self._placed_fixed_batch
+
+    def _place(self, params, mstate):
+        if self.parallel is None:
+            return params, mstate
+        return self.parallel.place_replicated(params), self.parallel.place_state(mstate)
+
+    def _step_key(self, step: int) -> jax.Array:
+        key = step_keys(self.config.seed, step)[1]
+        return key if self.parallel is None else self.parallel.place_replicated(key)
+
     # -- the loop ------------------------------------------------------------------------
     def run(self, state: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
         cfg, setup = self.config, self.setup
@@ -226,22 +250,36 @@ class Trainer:
                 ok = jnp.isfinite(info["loss"]) & _all_finite(new_params) & ~_any_nan(new_state)
                 return new_params, new_state, info, ok
 
-            return jax.jit(guarded_step).lower(
-                state["params"], state["method_state"], batch0, key0).compile()
+            if parallel is None:
+                jitted = jax.jit(guarded_step)
+            else:
+                # Parameters, scalars and the ok flag replicated; the batch and pointwise
+                # state split along the points; jit inserts the reductions over devices.
+                rep, state_sharding = parallel.replicated, parallel.state_sharding(mstate)
+                jitted = jax.jit(
+                    guarded_step,
+                    in_shardings=(rep, state_sharding, parallel.batch_sharding(batch0), rep),
+                    out_shardings=(rep, state_sharding, rep, rep))
+            return jitted.lower(params, mstate, batch0, key0).compile()
+
+        parallel = self.parallel
+        eval_points, eval_reference = setup.eval_points, setup.eval_reference
+        if parallel is not None:
+            eval_points, eval_reference = parallel.place_replicated((eval_points, eval_reference))
 
         def evaluate(params, batch):
             out = {"loss": objective.loss(params, batch)}
             out.update({f"loss_{k}": v for k, v in objective.group_losses(params, batch).items()})
-            out.update(objective.errors(params, setup.eval_points, setup.eval_reference))
+            out.update(objective.errors(params, eval_points, eval_reference))
             return out
 
-        batch0 = self.batch(state["step"])
-        key0 = step_keys(cfg.seed, state["step"])[1]
+        params, mstate = self._place(state["params"], state["method_state"])
+        step, train_time, next_eval = state["step"], state["train_time"], state["next_eval"]
+        batch0 = self.placed_batch(step)
+        key0 = self._step_key(step)
         compiled = compile_step(method)
         eval_fn = jax.jit(evaluate)
 
-        params, mstate = state["params"], state["method_state"]
-        step, train_time, next_eval = state["step"], state["train_time"], state["next_eval"]
         last_info: dict[str, float] = {}
         last_ckpt = time.monotonic()
         status, message = "completed", ""
@@ -250,14 +288,15 @@ class Trainer:
         self._install_signal_handlers()
         try:
             while True:
+                stop, checkpoint_due = self._decide(step, train_time, last_ckpt)
                 reason = None
-                if step >= cfg.steps:
+                if stop == 1:
                     reason = "step budget reached"
-                elif cfg.time_budget is not None and train_time >= cfg.time_budget:
+                elif stop == 2:
                     reason = "time budget reached"
-                elif self._stop_signal:
-                    status, reason = "interrupted", f"stopped by {self._stop_signal}"
-                batch = self.batch(step)
+                elif stop == 3:
+                    status, reason = "interrupted", f"stopped by {self._stop_signal or 'a signal'}"
+                batch = self.placed_batch(step)
                 evaluated = history and history[-1]["step"] == step
                 if (step >= next_eval or reason) and not evaluated:
                     row = {"step": step, "time": train_time, **_scalars(eval_fn(params, batch)),
@@ -267,13 +306,13 @@ class Trainer:
                     next_eval = next_eval_step(step, cfg.eval_ratio)
                     if bar is not None:
                         bar.set_postfix(self._postfix(row), refresh=False)
-                    if not reason and time.monotonic() - last_ckpt >= cfg.checkpoint_every:
+                    if not reason and checkpoint_due:
                         self._checkpoint(step, train_time, params, mstate, next_eval)
                         last_ckpt = time.monotonic()
                 if reason:
                     message = reason
                     break
-                key = step_keys(cfg.seed, step)[1]
+                key = self._step_key(step)
                 t0 = time.perf_counter()
                 new_params, new_state, info, ok = compiled(params, mstate, batch, key)
                 ok = bool(ok)
@@ -292,7 +331,9 @@ class Trainer:
                         cfg.hparams = safer
                         method = self.setup.method = make_method(cfg.method, objective, **safer)
                         compiled = compile_step(method)
-                        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+                        if self.main:
+                            (self.out / "config.json").write_text(
+                                json.dumps(cfg.to_dict(), indent=2))
                         continue
                     status = "diverged"
                     message = (
@@ -314,6 +355,23 @@ class Trainer:
         return self._summary(status, message, step, train_time, history)
 
     # -- helpers -------------------------------------------------------------------------
+    def _decide(self, step: int, train_time: float, last_ckpt: float) -> tuple[int, bool]:
+        """Whether to stop (0: no, 1: steps, 2: time, 3: signal) and whether a timed
+        checkpoint is due. Across processes, process 0 decides for all: clocks and signals
+        differ, and a process that stopped alone would leave the others in a collective."""
+        cfg = self.config
+        stop = 0
+        if step >= cfg.steps:
+            stop = 1
+        elif cfg.time_budget is not None and train_time >= cfg.time_budget:
+            stop = 2
+        elif self._stop_signal:
+            stop = 3
+        due = time.monotonic() - last_ckpt >= cfg.checkpoint_every
+        if self.parallel is not None:
+            stop, due = self.parallel.agree((stop, int(due)))
+        return stop, bool(due)
+
     def _safer_hparams(self) -> dict[str, Any] | None:
         """The method's safer settings after a divergence (more damping, a smaller step)."""
         spec = METHODS[self.config.method]
@@ -337,10 +395,17 @@ class Trainer:
         return out
 
     def _append_history(self, row: dict[str, Any]) -> None:
+        if not self.main:
+            return
         with open(self.out / HISTORY, "a") as fh:
             fh.write(json.dumps(row) + "\n")
 
     def _checkpoint(self, step, train_time, params, mstate, next_eval) -> None:
+        if self.parallel is not None:
+            # Every process gathers (a collective when state is split across hosts).
+            params, mstate = self.parallel.to_host((params, mstate))
+        if not self.main:
+            return
         checkpoint.save(self.out / CHECKPOINT, {
             "step": step, "train_time": train_time, "params": params,
             "method_state": mstate, "next_eval": next_eval,
@@ -358,8 +423,9 @@ class Trainer:
             "final": final,
             "config": self.config.to_dict(),
         }
-        checkpoint.write_atomic(self.out / "summary.json",
-                                json.dumps(summary, indent=2).encode())
+        if self.main:
+            checkpoint.write_atomic(self.out / "summary.json",
+                                    json.dumps(summary, indent=2).encode())
         return summary
 
     def _install_signal_handlers(self) -> None:
@@ -415,9 +481,16 @@ def train(config: RunConfig, out: str | Path | None = None, progress: bool = Tru
           overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``config`` into a new run directory ``out`` and return the summary.
 
-    An existing run directory is never overwritten unless ``overwrite`` is set.
+    An existing run directory is never overwritten unless ``overwrite`` is set. In a
+    multi-process run (:func:`pinnopt.distributed.initialize`) every process calls this;
+    process 0 writes the files and the log.
     """
+    distributed.initialize()
+    main = distributed.is_main_process()
+    if not main:
+        log, progress = (lambda message: None), False
     out = Path(out) if out is not None else default_out(config)
+    clear = False
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise RunError(
@@ -426,14 +499,19 @@ def train(config: RunConfig, out: str | Path | None = None, progress: bool = Tru
             )
         if not _is_run_dir(out):
             raise RunError(f"{out} is not a pinnopt run; refusing to overwrite it")
-        for name in (CHECKPOINT, CHECKPOINT + ".prev", HISTORY, "summary.json"):
-            (out / name).unlink(missing_ok=True)
+        clear = True
     trainer = Trainer(config, out, progress=progress, log=log)
+    if trainer.parallel is not None:
+        trainer.parallel.barrier("pinnopt-train-start")  # all have checked `out` before writes
     for warning in precision_warnings(config):
         log(f"warning: {warning}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    (out / "metadata.json").write_text(json.dumps(metadata(trainer.setup), indent=2))
+    if main:
+        if clear:
+            for name in (CHECKPOINT, CHECKPOINT + ".prev", HISTORY, "summary.json"):
+                (out / name).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        (out / "metadata.json").write_text(json.dumps(metadata(trainer.setup), indent=2))
     log(f"training {config.problem} with {config.method}: net {trainer.setup.net.describe()} "
         f"(D = {trainer.setup.net.num_params}), {config.dtype}, run in {out}")
     summary = trainer.run(trainer.fresh_state(), [])
@@ -472,25 +550,37 @@ def load_state(run_dir: str | Path) -> tuple[dict[str, Any], str | None]:
 
 
 def resume(run_dir: str | Path, steps: int | None = None, time_budget: float | None = None,
-           progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+           progress: bool = True, log: Callable[[str], None] = print,
+           devices: int | None = None) -> dict[str, Any]:
     """Continue a run from its last checkpoint; history rows after it are dropped and redone.
 
-    ``steps`` / ``time_budget`` extend the budgets (the time budget counts total training time).
+    ``steps`` / ``time_budget`` extend the budgets (the time budget counts total training time);
+    ``devices`` changes the number of devices.
     """
+    distributed.initialize()
+    main = distributed.is_main_process()
+    if not main:
+        log, progress = (lambda message: None), False
     run_dir = Path(run_dir)
     config = load_config(run_dir)
     if steps is not None:
         config.steps = steps
     if time_budget is not None:
         config.time_budget = time_budget
+    if devices is not None:
+        config.devices = devices
     config.validate()
     state, warning = load_state(run_dir)
     if warning:
         log(f"warning: {warning}")
     history = [row for row in read_history(run_dir) if row["step"] <= state["step"]]
-    checkpoint.write_atomic(run_dir / HISTORY, "".join(json.dumps(r) + "\n" for r in history).encode())
     trainer = Trainer(config, run_dir, progress=progress, log=log)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if trainer.parallel is not None:
+        trainer.parallel.barrier("pinnopt-resume-start")  # all have read before any writes
+    if main:
+        checkpoint.write_atomic(run_dir / HISTORY,
+                                "".join(json.dumps(r) + "\n" for r in history).encode())
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     log(f"resuming {run_dir} at step {state['step']} ({state['train_time']:.1f} s trained)")
     summary = trainer.run(state, history)
     _finish(run_dir, config, summary, log)
@@ -502,7 +592,7 @@ def _finish(out: Path, config: RunConfig, summary: dict[str, Any], log) -> None:
     errs = ", ".join(f"{k} {v:.3e}" for k, v in final.items() if k.startswith(("rms_", "rel_l2_")))
     log(f"{summary['status']}: {summary['message']}; {summary['steps']} steps in "
         f"{summary['train_time']:.1f} s; loss {final.get('loss', float('nan')):.3e}; {errs}")
-    if config.plots and summary["steps"] > 0:
+    if config.plots and summary["steps"] > 0 and distributed.is_main_process():
         from pinnopt import report
 
         report.plot_run(out)
