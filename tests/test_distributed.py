@@ -104,3 +104,62 @@ def test_one_device_takes_the_plain_path():
     trainer = Trainer(config, "unused", progress=False)
     assert trainer.parallel is None
     assert distributed.is_main_process()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+MULTI_PROCESS_RUN = ["train", "--problem", "poisson", "--problem-opt", "n_interior=48",
+                     "--problem-opt", "n_boundary=24", "--net", "2-8-1", "--method", "alm",
+                     "--opt", "inner_steps=2", "--steps", "3", "--no-progress", "--no-plots"]
+
+
+def test_two_processes_on_loopback_agree_with_one(tmp_path):
+    """Two processes with two CPU devices each (``jax.distributed``, a local coordinator,
+    gloo collectives) train into one run directory; the result matches one device."""
+    from pinnopt.train import load_state, read_history
+
+    port = _free_port()
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+               "JAX_PLATFORMS": "cpu", "PINNOPT_COORDINATOR": f"127.0.0.1:{port}",
+               "PINNOPT_NUM_PROCESSES": "2", "PINNOPT_PROCESS_ID": str(index)}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "pinnopt", *MULTI_PROCESS_RUN, "--out", str(tmp_path / "multi")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output[-3000:]
+    assert "completed" in outputs[0] and "completed" not in outputs[1]  # process 0 logs
+
+    assert cli.main([*MULTI_PROCESS_RUN, "--out", str(tmp_path / "single")]) == 0
+    multi, _ = load_state(tmp_path / "multi")
+    single, _ = load_state(tmp_path / "single")
+    assert multi["step"] == single["step"] == 3
+    for a, b in zip(jax_leaves(multi), jax_leaves(single)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    rows_multi, rows_single = read_history(tmp_path / "multi"), read_history(tmp_path / "single")
+    assert [r["step"] for r in rows_multi] == [r["step"] for r in rows_single]  # no duplicates
+    np.testing.assert_allclose([r["loss"] for r in rows_multi], [r["loss"] for r in rows_single],
+                               rtol=1e-10)
+    metadata = json.loads((tmp_path / "multi" / "metadata.json").read_text())
+    assert metadata["processes"] == 2 and metadata["devices"] == 4
+
+
+def jax_leaves(state):
+    """Parameters and multipliers of a checkpointed alm state, as numpy arrays."""
+    import jax
+
+    return [np.asarray(leaf) for leaf in
+            jax.tree_util.tree_leaves((state["params"], state["method_state"].multipliers))]
