@@ -80,6 +80,21 @@ def test_every_group_carries_the_eps_column():
     assert bool(jnp.all(fixed.groups[0].sampler(jax.random.PRNGKey(0), 8)[:, 3] == 1e-8))
 
 
+def test_transport_boundary_and_initial_weights():
+    weights = lambda problem: {g.name: g.weight for g in problem.groups}  # noqa: E731
+    assert weights(make_problem("transport", eps=1e-8, **TINY_TRANSPORT)) == {
+        "micro": 1.0, "macro": 1.0, "boundary": 10.0, "initial": 10.0}
+    problem = make_problem("transport", eps=1e-8, boundary_weight=100.0, initial_weight=2,
+                           **TINY_TRANSPORT)
+    assert weights(problem) == {"micro": 1.0, "macro": 1.0, "boundary": 100.0, "initial": 2.0}
+    vanilla = make_problem("transport", eps=1.0, loss="vanilla", boundary_weight=30.0,
+                           **TINY_TRANSPORT)
+    assert weights(vanilla) == {"kinetic": 1.0, "boundary": 30.0, "initial": 10.0}
+    for bad in (0.0, -1.0, True, "10"):
+        with pytest.raises(ValueError, match="boundary_weight"):
+            make_problem("transport", eps=1e-8, boundary_weight=bad, **TINY_TRANSPORT)
+
+
 # -- transport: ⟨g⟩ = 0 and the APNN residuals on manufactured fields -------------------------
 
 def test_g_has_zero_velocity_average_exactly():

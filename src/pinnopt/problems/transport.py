@@ -260,6 +260,8 @@ def transport(
     loss: str = "apnn",
     nv: int = 30,
     rho_sharpness: float = 1.0,
+    boundary_weight: float = WEIGHTS["boundary"],
+    initial_weight: float = WEIGHTS["initial"],
     n_interior: int = 1024,
     n_boundary: int = 512,
     n_initial: int = 1024,
@@ -279,7 +281,8 @@ def transport(
     ``macro`` (or ``kinetic``), redrawn every step (``resample=False``: one fixed draw). ``eval_eps``: evaluated ε values (default:
     those of 1, 1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8 in the range, or the fixed ε).
     ``reference_nx``/``reference_nv``: grid of the reference solver. ``rho_sharpness`` β of
-    ρ = softplus(βρ̂)/β (APNN).
+    ρ = softplus(βρ̂)/β (APNN). ``boundary_weight``/``initial_weight``: weights of the
+    ``boundary`` and ``initial`` groups (default 10 each, as in [APNN]).
     """
     rng = parse_eps("transport", eps, [1e-8, 1.0] if eps is None and eps_range is None else eps_range)
     if loss not in LOSSES:
@@ -291,6 +294,9 @@ def transport(
     T = float(T)
     if isinstance(rho_sharpness, bool) or not isinstance(rho_sharpness, (int, float)) or not rho_sharpness > 0:
         raise ValueError(f"transport: rho_sharpness must be a positive number, got {rho_sharpness!r}")
+    for name, w in (("boundary_weight", boundary_weight), ("initial_weight", initial_weight)):
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+            raise ValueError(f"transport: {name} must be a positive number, got {w!r}")
     encoding = EpsEncoding(rng, eps_embedding)
     if eval_eps is None:
         eval_eps = [rng.lo] if rng.fixed else [e for e in EVAL_EPS if rng.contains(e)] or [rng.lo, rng.hi]
@@ -312,9 +318,9 @@ def transport(
                            WEIGHTS["kinetic"], "pde"),)
     groups = pde + (
         model_group("boundary", walls, n_boundary, lambda m, p, x: m.boundary(p, x),
-                    WEIGHTS["boundary"], "boundary"),
+                    float(boundary_weight), "boundary"),
         model_group("initial", start, n_initial, lambda m, p, x: m.initial(p, x),
-                    WEIGHTS["initial"], "initial"),
+                    float(initial_weight), "initial"),
     )
 
     references = {eps_tag(e): reference_rho(e, T, reference_nx, reference_nv) for e in eval_eps}
