@@ -28,7 +28,8 @@ x = 0 (even rows) and x = 1 (odd rows).
 
 Fields: ``rho`` (ρ), ``g`` ((f − ρ)/ε) and ``f`` at the point's velocity. Inputs of the
 networks: t and x mapped to [−1, 1], v, and the ε encoding (log10 ε normalised to [−1, 1] over
-the ε range, optionally through an embedding network; nothing for a fixed ε).
+the ε range, optionally through an embedding network; nothing for a fixed ε, whose model then
+ignores the eps column except in f = ρ + εg).
 
 Evaluation: ρ at t = T on ``n_eval_x`` equispaced x per evaluated ε, against
 :func:`pinnopt.reference.transport.solve_transport` (cached on disk); metrics
