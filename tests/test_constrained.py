@@ -159,27 +159,35 @@ def test_lagrangian_value_by_hand(quadratic, form, scale):
                                expected - 0.5 * mu * np.sum(cons**2), rtol=1e-13)
 
 
-def run_steps(objective, batch, params, name, steps, **hparams):
+def run_steps(objective, batch, params, name, steps, trace=None, **hparams):
+    """``steps`` outer steps; ``trace(params)`` is called after each one when given."""
     method = make_method(name, objective, **hparams)
     state, step = method.init(params), jax.jit(method.step)
     for k in range(steps):
         params, state, info = step(params, state, batch, jax.random.PRNGKey(k))
+        if trace is not None:
+            trace(params)
     return params, state, info
 
 
-@pytest.mark.parametrize("name,hparams,steps,tol", [
-    ("alm", {"form": "linear"}, 20, 1e-8),
-    ("capu", {"form": "linear", "eta": 1.0}, 40, 1e-8),
-    ("alm", {"form": "squared"}, 25, 1e-2),          # C = r² ≥ 0: λ → ∞, θ* approached
-    ("lagrange", {"form": "linear", "dual_lr": 0.02}, 120, 1e-2),  # dual steps of size ~η
+@pytest.mark.parametrize("name,hparams,steps,tol,window", [
+    ("alm", {"form": "linear"}, 20, 1e-8, 1),
+    ("capu", {"form": "linear", "eta": 1.0}, 40, 1e-8, 1),
+    ("alm", {"form": "squared"}, 25, 1e-2, 1),          # C = r² ≥ 0: λ → ∞, θ* approached
+    # The normalised dual step C/sqrt(v) keeps a size ~η however small C gets, so λ (and θ)
+    # oscillate about the solution with an amplitude of about 2η instead of converging: check
+    # that every one of the last 20 iterates lies in that neighbourhood.
+    ("lagrange", {"form": "linear", "dual_lr": 0.02}, 120, 5e-2, 20),
 ])
-def test_methods_reach_the_constrained_minimiser(quadratic, name, hparams, steps, tol):
+def test_methods_reach_the_constrained_minimiser(quadratic, name, hparams, steps, tol, window):
     objective, batch, params = quadratic
     theta_star, nu_star = kkt_solution()
     start = np.abs(flat(params) - theta_star).max()
-    params, state, info = run_steps(objective, batch, params, name, steps, inner_steps=10,
-                                    **hparams)
-    assert np.abs(flat(params) - theta_star).max() < tol < start
+    errors = []
+    params, state, info = run_steps(
+        objective, batch, params, name, steps, inner_steps=10,
+        trace=lambda p: errors.append(np.abs(flat(p) - theta_star).max()), **hparams)
+    assert max(errors[-window:]) < tol < start
     if hparams["form"] == "linear" and tol < 1e-6:
         np.testing.assert_allclose(np.asarray(state.multipliers["pin"]).ravel(), nu_star,
                                    atol=1e-5)

@@ -111,15 +111,21 @@ def min_norm_weights(
     tol = rel_tol * scale
     index = jnp.arange(m)
 
+    # The bordered system below mixes K's entries with ones: solve it with K scaled to a unit
+    # largest diagonal, or task gradients of very different sizes leave it so unbalanced that
+    # the pseudo-inverse's cutoff breaks 1ᵀα = 1.
+    unit_gram = gram / jnp.where(scale > 0, scale, 1.0)
+
     def affine_minimiser(corral):
         # Bordered KKT system [[K_SS, 1], [1ᵀ, 0]] [α; ν] = [0; 1]; rows outside S pin α_i = 0.
         inside = corral[:, None] & corral[None, :]
-        k = jnp.where(inside, gram, 0.0) + jnp.diag(jnp.where(corral, 0.0, jnp.maximum(scale, 1.0)))
+        k = jnp.where(inside, unit_gram, 0.0) + jnp.diag(jnp.where(corral, 0.0, 1.0))
         ones = corral.astype(dtype)
         bordered = jnp.block([[k, ones[:, None]], [ones[None, :], jnp.zeros((1, 1), dtype)]])
         rhs = jnp.zeros(m + 1, dtype).at[m].set(1.0)
-        alpha = jnp.linalg.pinv(bordered, hermitian=True) @ rhs
-        return jnp.where(corral, alpha[:m], 0.0)
+        alpha = jnp.where(corral, (jnp.linalg.pinv(bordered, hermitian=True) @ rhs)[:m], 0.0)
+        # Affine weights sum to one exactly; remove the solve's round-off from that sum.
+        return alpha / jnp.sum(alpha)
 
     def body(state):
         it, lam, corral, _ = state
