@@ -366,17 +366,29 @@ def kfac(objective: Objective, damping: float, ema: float, momentum: float,
     return Method(curvature.init, step)
 
 
+class QuadraticModelStep(NamedTuple):
+    """``(α, μ)`` of a KFAC* step and the change ``½ uᵀGu + ∇Lᵀu`` the undamped Gauss–Newton
+    model predicts for ``u = αΔ + μδ`` (negative for a descent step)."""
+
+    alpha: Array
+    mu: Array
+    predicted: Array
+    curvature: Array
+    """``uᵀGu / ‖u‖²``, the Rayleigh quotient of ``G`` along the step."""
+
+
 def quadratic_model_step(jd: Array, jp: Array, direction: Matrices, previous: Matrices,
-                         grads: Matrices, damping: float) -> tuple[Array, Array]:
+                         grads: Matrices, damping: float | Array) -> QuadraticModelStep:
     """``(α, μ)`` minimising ``½ uᵀ(G + λI)u + ∇Lᵀu`` over ``u = αΔ + μδ``.
 
     ``jd = JΔ`` and ``jp = Jδ``. Solves the 2×2 system of METHODS.md §4; when it is singular
     (``δ = 0`` on the first step, or ``δ ∥ Δ``) the 1×1 model along ``Δ`` gives ``α`` and
     ``μ = 0``; a zero direction gives ``α = 0``.
     """
-    a11 = jnp.vdot(jd, jd) + damping * _dot(direction, direction)
-    a12 = jnp.vdot(jd, jp) + damping * _dot(direction, previous)
-    a22 = jnp.vdot(jp, jp) + damping * _dot(previous, previous)
+    g11, g12, g22 = jnp.vdot(jd, jd), jnp.vdot(jd, jp), jnp.vdot(jp, jp)
+    a11 = g11 + damping * _dot(direction, direction)
+    a12 = g12 + damping * _dot(direction, previous)
+    a22 = g22 + damping * _dot(previous, previous)
     b1, b2 = _dot(grads, direction), _dot(grads, previous)
     det = a11 * a22 - a12**2
     tiny = jnp.finfo(a11.dtype).tiny
@@ -385,15 +397,76 @@ def quadratic_model_step(jd: Array, jp: Array, direction: Matrices, previous: Ma
     alpha2 = (a12 * b2 - a22 * b1) / safe_det
     mu2 = (a12 * b1 - a11 * b2) / safe_det
     alpha1 = jnp.where(a11 > tiny, -b1 / jnp.where(a11 > tiny, a11, 1.0), 0.0)
-    return jnp.where(regular, alpha2, alpha1), jnp.where(regular, mu2, 0.0)
+    alpha, mu = jnp.where(regular, alpha2, alpha1), jnp.where(regular, mu2, 0.0)
+    gu = alpha**2 * g11 + 2 * alpha * mu * g12 + mu**2 * g22
+    uu = (alpha**2 * _dot(direction, direction) + 2 * alpha * mu * _dot(direction, previous)
+          + mu**2 * _dot(previous, previous))
+    curvature = gu / jnp.where(uu > 0, uu, 1.0)
+    return QuadraticModelStep(alpha, mu, model_change(alpha, mu, g11, g12, g22, b1, b2),
+                              curvature)
+
+
+def model_change(alpha, mu, g11, g12, g22, b1, b2) -> Array:
+    """``½ uᵀGu + ∇Lᵀu`` for ``u = αΔ + μδ`` from the 2×2 Gramian entries and ``∇Lᵀ(Δ, δ)``."""
+    return 0.5 * (alpha**2 * g11 + 2 * alpha * mu * g12 + mu**2 * g22) + alpha * b1 + mu * b2
+
+
+class KFACStarState(NamedTuple):
+    """State of ``kfac-star``: as :class:`KFACState` (``previous`` is the last step ``δ``),
+    plus the damping ``λ_M`` of the quadratic model and its growth factor ``ν`` after
+    rejected steps (Levenberg–Marquardt adaptation, see :func:`adapt_model_damping`)."""
+
+    step: Array
+    factors: tuple[tuple[KroneckerFactors, ...], ...]
+    inverses: tuple[KroneckerSumInverse, ...]
+    previous: tuple[Array, ...]
+    model_damping: Array
+    growth: Array
+
+
+_MAX_MODEL_DAMPING = 1e10
+
+
+def adapt_model_damping(damping: Array, growth: Array, rho: Array, accepted: Array,
+                        curvature: Array, floor: float) -> tuple[Array, Array]:
+    """Levenberg–Marquardt update of the quadratic model's damping ``λ_M`` (Nielsen 1999).
+
+    ``ρ = (L(θ+u) − L(θ)) / (M(u) − M(0))`` is the reduction ratio of the step ``u`` on its
+    batch (``M``: the undamped Gauss–Newton model). After an accepted step
+    ``λ_M ← λ_M · max(1/3, 1 − (2ρ − 1)³)`` (down by up to 3 when the model is good, up by up
+    to 2 when ``ρ`` is small) and ``ν ← 2``. After a rejected step (the loss did not decrease
+    or is not finite) ``λ_M ← max(ν λ_M, uᵀGu/‖u‖²)`` and ``ν ← 2ν``: a damping far below
+    the curvature along the step changes nothing, so the first rejection jumps to the
+    Rayleigh quotient ``curvature = uᵀGu/‖u‖²`` (which about halves a step along ``Δ``) and
+    further ones grow geometrically. ``λ_M`` stays in ``[floor, 1e10]``.
+    """
+    factor = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * jnp.clip(rho, 0.0, 1.0) - 1.0) ** 3)
+    rejected = jnp.maximum(damping * growth, jnp.where(jnp.isfinite(curvature), curvature, 0.0))
+    new = jnp.where(accepted, damping * factor, rejected)
+    new_growth = jnp.where(accepted, 2.0, 2.0 * growth)
+    return jnp.clip(new, floor, _MAX_MODEL_DAMPING), new_growth
 
 
 def kfac_star(objective: Objective, damping: float, ema: float,
-              update_interval: int, inverse_interval: int, initial_lr: float) -> Method:
-    """KFAC* : learning rate and momentum from the exact 2×2 quadratic model, no line search."""
+              update_interval: int, inverse_interval: int, initial_lr: float,
+              adapt_damping: bool) -> Method:
+    """KFAC* : learning rate and momentum from the exact 2×2 quadratic model, no line search.
+
+    With ``adapt_damping`` (the default) every step is checked: the loss at ``θ + u`` on the
+    step's batch (one extra forward pass) gives the reduction ratio ``ρ``; a step that does
+    not decrease the loss is rejected (``θ`` kept, ``δ ← 0``) and the model's damping ``λ_M``
+    follows :func:`adapt_model_damping`, starting at and never below ``damping`` (the factors
+    keep ``damping``). Without it, every step is taken and ``λ_M = damping`` ([KFAC]'s rule).
+    """
     if not initial_lr >= 0:
         raise ValueError(f"KFAC*: initial_lr must be non-negative, got {initial_lr}")
     curvature = _Curvature(objective, damping, ema, update_interval, inverse_interval)
+    base = curvature.init
+
+    def init(params):
+        state = base(params)
+        dtype = params[0]["W"].dtype
+        return KFACStarState(*state, jnp.asarray(damping, dtype), jnp.asarray(2.0, dtype))
 
     def step(params, state, batch, key):
         stats = curvature.evaluate(params, batch)
@@ -402,19 +475,35 @@ def kfac_star(objective: Objective, damping: float, ema: float,
         direction = natural_direction(inverses, grads)
         previous = list(state.previous)
         jd, jp = jacobian_products(stats, [direction, previous])
-        alpha, mu = quadratic_model_step(jd, jp, direction, previous, grads, curvature.damping)
+        alpha, mu, predicted, rayleigh = quadratic_model_step(jd, jp, direction, previous, grads,
+                                                    state.model_damping)
         if initial_lr > 0:
             first = state.step == 0
             alpha, mu = jnp.where(first, initial_lr, alpha), jnp.where(first, 0.0, mu)
+            predicted = jnp.where(first, model_change(
+                alpha, 0.0, jnp.vdot(jd, jd), 0.0, 0.0, _dot(grads, direction), 0.0), predicted)
         update = [alpha * d + mu * p for d, p in zip(direction, previous)]
-        new_params = [
+        trial = [
             {"W": layer["W"] + u[:, :-1], "b": layer["b"] + u[:, -1]}
             for layer, u in zip(params, update)
         ]
-        new_state = KFACState(state.step + 1, factors, inverses, tuple(update))
-        return new_params, new_state, {"loss": loss, "step_size": alpha, "momentum": mu}
+        info = {"loss": loss, "step_size": alpha, "momentum": mu}
+        model_damping, growth = state.model_damping, state.growth
+        if adapt_damping:
+            trial_loss = objective.loss(trial, batch)
+            accepted = jnp.isfinite(trial_loss) & (trial_loss <= loss)
+            rho = (trial_loss - loss) / jnp.where(predicted < 0, predicted, -jnp.inf)
+            model_damping, growth = adapt_model_damping(model_damping, growth, rho, accepted,
+                                                        rayleigh, damping)
+            trial = jax.tree_util.tree_map(lambda t, p: jnp.where(accepted, t, p), trial, params)
+            update = [jnp.where(accepted, u, 0.0) for u in update]
+            info.update(rho=rho, accepted=accepted.astype(loss.dtype),
+                        model_damping=state.model_damping)
+        new_state = KFACStarState(state.step + 1, factors, inverses, tuple(update),
+                                  model_damping, growth)
+        return trial, new_state, info
 
-    return Method(curvature.init, step)
+    return Method(init, step)
 
 
 _CURVATURE_HPARAMS = {"update_interval": 1, "inverse_interval": 1}
@@ -427,7 +516,8 @@ register(MethodSpec(
 ))
 register(MethodSpec(
     "kfac-star", kfac_star,
-    {"damping": 1e-12, "ema": 0.7, **_CURVATURE_HPARAMS, "initial_lr": 0.0},
+    {"damping": 1e-12, "ema": 0.7, **_CURVATURE_HPARAMS, "initial_lr": 0.0,
+     "adapt_damping": True},
     "KFAC* : KFAC direction with learning rate and momentum from the exact quadratic model",
     safer=more_damping(),
 ))
