@@ -55,6 +55,18 @@ def test_include_retrains_when_the_configuration_differs(tmp_path, monkeypatch):
     assert rows(ext)[0]["steps"] == "4"
 
 
+def test_a_completed_run_is_kept_until_the_suite_changes_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "base", '[defaults]\nsteps = 3\n' + RUN.format(name="g-adam", method="adam"))
+    out = bench.run_suite("base", progress=False)
+    history = (out / "runs" / "g-adam" / "history.jsonl").read_text()
+    bench.run_suite("base", progress=False)
+    assert (out / "runs" / "g-adam" / "history.jsonl").read_text() == history
+    write(tmp_path, "base", '[defaults]\nsteps = 4\n' + RUN.format(name="g-adam", method="adam"))
+    bench.run_suite("base", progress=False)
+    assert rows(out)[0]["steps"] == "4"
+
+
 def test_bad_includes_are_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path, "loop", 'include = "loop"\n')

@@ -18,7 +18,8 @@ A suite is a TOML file ``benchmarks/suites/<name>.toml``::
 Results go to ``benchmarks/results/<suite>`` (``<suite>-quick`` for quick runs): one run
 directory per configuration, ``results.md`` and ``results.csv`` (final errors, seconds per step,
 steps done), ``error_vs_time_<group>.png`` and ``machine.json``. A run that already completed
-is not repeated, and an interrupted one is resumed, so a killed suite continues where it was.
+is not repeated, and an interrupted one is resumed, so a killed suite continues where it was;
+a run whose recorded settings differ from the suite's (the suite was edited) is trained again.
 
 A suite may extend others with ``include = ["other-suite"]``: the other suite's runs (with
 its own defaults) come first, and a run that already completed in the other suite's results
@@ -150,7 +151,10 @@ def run_suite(name: str, quick: bool = False, out: str | Path | None = None,
         if origin != path.stem and not run_dir.exists():
             _copy_if_same(RESULTS_DIR / (origin + ("-quick" if quick else "")) / "runs" / run_name,
                           run_dir, config)
-        if summary_path.exists() and json.loads(summary_path.read_text())["status"] != "interrupted":
+        if run_dir.exists() and not _same_config(run_dir, config):
+            print(f"[{run_name}] settings changed since the recorded run: trained again")
+            summary = train(config, out=run_dir, progress=progress, overwrite=True)
+        elif summary_path.exists() and json.loads(summary_path.read_text())["status"] != "interrupted":
             summary = json.loads(summary_path.read_text())
             print(f"[{run_name}] done before: kept")
         elif (run_dir / CHECKPOINT).exists():
@@ -164,15 +168,23 @@ def run_suite(name: str, quick: bool = False, out: str | Path | None = None,
     return out
 
 
+def _same_config(run_dir: Path, config: RunConfig) -> bool:
+    """Whether the run in ``run_dir`` was set up with ``config`` (figures aside)."""
+    try:
+        done = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    except (OSError, ValueError, ConfigError):
+        return False
+    done.plots = False
+    return done == config
+
+
 def _copy_if_same(source: Path, target: Path, config: RunConfig) -> None:
     """Copy a completed run of an included suite when it was trained with ``config``."""
     try:
         summary = json.loads((source / "summary.json").read_text())
-        done = RunConfig.from_dict(json.loads((source / "config.json").read_text()))
-    except (OSError, ValueError, ConfigError):
+    except (OSError, ValueError):
         return
-    done.plots = False
-    if summary.get("status") != "interrupted" and done == config:
+    if summary.get("status") != "interrupted" and _same_config(source, config):
         shutil.copytree(source, target)
         print(f"[{target.name}] copied from {source.parent.parent}")
 
