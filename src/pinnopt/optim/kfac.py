@@ -516,7 +516,7 @@ register(MethodSpec(
 ))
 register(MethodSpec(
     "kfac-star", kfac_star,
-    {"damping": 1e-12, "ema": 0.7, **_CURVATURE_HPARAMS, "initial_lr": 0.0,
+    {"damping": 1.2e-10, "ema": 0.926, **_CURVATURE_HPARAMS, "initial_lr": 1e-6,
      "adapt_damping": True},
     "KFAC* : KFAC direction with learning rate and momentum from the exact quadratic model",
     safer=more_damping(),
