@@ -332,6 +332,30 @@ def test_kronecker_sum_inverse_matches_dense():
     assert rel_err(np.asarray(single).ravel(order="F"), np.linalg.solve(dense, vec)) < 1e-12
 
 
+def test_trace_norm_damping_matches_dense():
+    """``trace_norm``: each term damped as (A + π√λ I) ⊗ (B + √λ/π I), π² = (tr A/dim A) /
+    (tr B/dim B), against a dense solve; it differs from λ added to every factor."""
+    rng = np.random.default_rng(12)
+    a1, a2 = 5.0 * random_spd(rng, 4), random_spd(rng, 4)
+    b1, b2 = 0.01 * random_spd(rng, 3), random_spd(rng, 3)
+    v = rng.normal(size=(3, 4))
+    lam = 1e-2
+    vec = np.asarray(v).ravel(order="F")
+
+    def term(a, b):
+        pi = np.sqrt((np.trace(a) / 4) / (np.trace(b) / 3))
+        return np.kron(a + pi * np.sqrt(lam) * np.eye(4), b + np.sqrt(lam) / pi * np.eye(3))
+
+    pair = invert(KroneckerFactors(a1, b1), KroneckerFactors(a2, b2), lam, trace_norm=True)
+    single = invert(KroneckerFactors(a1, b1), None, lam, trace_norm=True)
+    expected = np.linalg.solve(term(a1, b1) + term(a2, b2), vec)
+    assert rel_err(np.asarray(pair.apply(v)).ravel(order="F"), expected) < 1e-12
+    assert rel_err(np.asarray(single.apply(v)).ravel(order="F"),
+                   np.linalg.solve(term(a1, b1), vec)) < 1e-12
+    plain = invert(KroneckerFactors(a1, b1), KroneckerFactors(a2, b2), lam).apply(v)
+    assert rel_err(np.asarray(plain).ravel(order="F"), expected) > 1e-2
+
+
 # ---------------------------------------------------------------------------------------------
 # The optimisers
 
@@ -385,6 +409,28 @@ def test_kfac_star_steps_solve_the_quadratic_model():
     assert rel_err(info2["momentum"], mu) < 1e-8
     assert rel_err(flatten(params2)[0] - flatten(params1)[0], alpha * d + mu * p) < 1e-8
     assert float(objective.loss(params2, batch)) < float(objective.loss(params0, batch))
+
+
+def test_kfac_star_model_damping_is_separate_from_the_factors():
+    """``model_damping``: the 2×2 (here 1×1) model uses λ_M = model_damping, the factors keep
+    ``damping``; the default (< 0) uses ``damping`` for both."""
+    objective, params0, batch = setup("poisson")
+    grads0 = value_and_grad(objective, params0, batch)[1]
+    for model_damping, expected in ((1e-1, 1e-1), (-1.0, 1e-6)):
+        method = make_method("kfac-star", objective, damping=1e-6, ema=0.7, initial_lr=0.0,
+                             model_damping=model_damping, trace_norm=True)
+        state0 = method.init(params0)
+        assert float(state0.model_damping) == expected
+        params1, state1, info = jax.jit(method.step)(params0, state0, batch, None)
+        direction = natural_direction(state1.inverses, grads0)
+        gram, grad, d, _ = _dense_quadratic(objective, params0, batch, direction, direction,
+                                            expected)
+        assert rel_err(info["step_size"], -(grad @ d) / (d @ gram @ d)) < 1e-9
+        assert float(info["model_damping"]) == expected
+    # The factors' damping is the same in both runs: the direction does not depend on λ_M.
+    inverses = [invert(f1, f2, 1e-6, trace_norm=True) for f1, f2 in zip(*state1.factors)]
+    assert rel_err(flatten(K.to_params(natural_direction(inverses, grads0)))[0],
+                   flatten(K.to_params(direction))[0]) < 1e-10
 
 
 def test_kfac_star_rejects_steps_that_raise_the_loss():

@@ -285,11 +285,11 @@ class _Curvature:
     """The shared part of both methods: state, factor and inverse refresh, natural direction."""
 
     def __init__(self, objective: Objective, damping: float, ema: float,
-                 update_interval: int, inverse_interval: int):
+                 update_interval: int, inverse_interval: int, trace_norm: bool = False):
         _check(damping, ema, update_interval, inverse_interval)
         self.objective = objective
         self.passes, self.terms = _plan(objective)
-        self.damping, self.ema = damping, ema
+        self.damping, self.ema, self.trace_norm = damping, ema, trace_norm
         self.update_interval, self.inverse_interval = update_interval, inverse_interval
 
     def init(self, params: Params) -> KFACState:
@@ -319,7 +319,8 @@ class _Curvature:
 
         def update_inverses(factors):
             second = factors[1] if len(factors) > 1 else (None,) * len(factors[0])
-            return tuple(invert(f1, f2, self.damping) for f1, f2 in zip(factors[0], second))
+            return tuple(invert(f1, f2, self.damping, self.trace_norm)
+                         for f1, f2 in zip(factors[0], second))
 
         factors, inverses = state.factors, state.inverses
         if self.update_interval == 1:
@@ -344,11 +345,12 @@ def natural_direction(inverses: tuple[KroneckerSumInverse, ...], grads: Matrices
 
 
 def kfac(objective: Objective, damping: float, ema: float, momentum: float,
-         update_interval: int, inverse_interval: int) -> Method:
+         update_interval: int, inverse_interval: int, trace_norm: bool = False) -> Method:
     """KFAC with heavy-ball momentum on the natural direction and the grid line search."""
     if not 0 <= momentum < 1:
         raise ValueError(f"KFAC: momentum must be in [0, 1), got {momentum}")
-    curvature = _Curvature(objective, damping, ema, update_interval, inverse_interval)
+    curvature = _Curvature(objective, damping, ema, update_interval, inverse_interval,
+                           trace_norm)
 
     def step(params, state, batch, key):
         stats = curvature.evaluate(params, batch)
@@ -449,7 +451,8 @@ def adapt_model_damping(damping: Array, growth: Array, rho: Array, accepted: Arr
 
 def kfac_star(objective: Objective, damping: float, ema: float,
               update_interval: int, inverse_interval: int, initial_lr: float,
-              adapt_damping: bool) -> Method:
+              adapt_damping: bool, trace_norm: bool = False,
+              model_damping: float = -1.0) -> Method:
     """KFAC* : learning rate and momentum from the exact 2×2 quadratic model, no line search.
 
     With ``adapt_damping`` (the default) every step is checked: the loss at ``θ + u`` on the
@@ -457,16 +460,20 @@ def kfac_star(objective: Objective, damping: float, ema: float,
     not decrease the loss is rejected (``θ`` kept, ``δ ← 0``) and the model's damping ``λ_M``
     follows :func:`adapt_model_damping`, starting at and never below ``damping`` (the factors
     keep ``damping``). Without it, every step is taken and ``λ_M = damping`` ([KFAC]'s rule).
+    ``model_damping >= 0`` decouples the two: it is then the floor and starting value of
+    ``λ_M`` (and ``λ_M`` itself without ``adapt_damping``), ``damping`` only the factors'.
     """
     if not initial_lr >= 0:
         raise ValueError(f"KFAC*: initial_lr must be non-negative, got {initial_lr}")
-    curvature = _Curvature(objective, damping, ema, update_interval, inverse_interval)
+    curvature = _Curvature(objective, damping, ema, update_interval, inverse_interval,
+                           trace_norm)
     base = curvature.init
+    floor = damping if model_damping < 0 else model_damping
 
     def init(params):
         state = base(params)
         dtype = params[0]["W"].dtype
-        return KFACStarState(*state, jnp.asarray(damping, dtype), jnp.asarray(2.0, dtype))
+        return KFACStarState(*state, jnp.asarray(floor, dtype), jnp.asarray(2.0, dtype))
 
     def step(params, state, batch, key):
         stats = curvature.evaluate(params, batch)
@@ -494,7 +501,7 @@ def kfac_star(objective: Objective, damping: float, ema: float,
             accepted = jnp.isfinite(trial_loss) & (trial_loss <= loss)
             rho = (trial_loss - loss) / jnp.where(predicted < 0, predicted, -jnp.inf)
             model_damping, growth = adapt_model_damping(model_damping, growth, rho, accepted,
-                                                        rayleigh, damping)
+                                                        rayleigh, floor)
             trial = jax.tree_util.tree_map(lambda t, p: jnp.where(accepted, t, p), trial, params)
             update = [jnp.where(accepted, u, 0.0) for u in update]
             info.update(rho=rho, accepted=accepted.astype(loss.dtype),
@@ -506,7 +513,7 @@ def kfac_star(objective: Objective, damping: float, ema: float,
     return Method(init, step)
 
 
-_CURVATURE_HPARAMS = {"update_interval": 1, "inverse_interval": 1}
+_CURVATURE_HPARAMS = {"update_interval": 1, "inverse_interval": 1, "trace_norm": False}
 
 register(MethodSpec(
     "kfac", kfac,
@@ -517,7 +524,7 @@ register(MethodSpec(
 register(MethodSpec(
     "kfac-star", kfac_star,
     {"damping": 1.2e-10, "ema": 0.926, **_CURVATURE_HPARAMS, "initial_lr": 1e-6,
-     "adapt_damping": True},
+     "adapt_damping": True, "model_damping": -1.0},
     "KFAC* : KFAC direction with learning rate and momentum from the exact quadratic model",
     safer=more_damping(),
 ))

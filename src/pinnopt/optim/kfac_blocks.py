@@ -124,21 +124,36 @@ def _joint_diagonaliser(first: Array, second: Array) -> tuple[Array, Array]:
     return root @ e, jnp.maximum(s, 0.0)
 
 
-def damped(factors: KroneckerFactors, damping: float | Array) -> KroneckerFactors:
-    """``(A + λI, B + λI)``."""
-    return KroneckerFactors(*(f + damping * jnp.eye(f.shape[0], dtype=f.dtype) for f in factors))
+def damped(factors: KroneckerFactors, damping: float | Array, trace_norm: bool = False
+           ) -> KroneckerFactors:
+    """``(A + λI, B + λI)``, or with ``trace_norm`` the split of Martens & Grosse (2015, §6.3)
+    ``(A + π√λ I, B + √λ/π I)``, ``π = sqrt((tr A / dim A) / (tr B / dim B))``, whose product
+    ``A ⊗ B + λI + √λ(π I ⊗ B + A ⊗ I/π)`` carries a damping of order ``λ`` relative to the
+    factors' own scale instead of ``λ`` added to each factor."""
+    if trace_norm:
+        mean_a = jnp.trace(factors.a) / factors.a.shape[0]
+        mean_b = jnp.trace(factors.b) / factors.b.shape[0]
+        tiny = jnp.finfo(factors.a.dtype).tiny
+        pi = jnp.sqrt(jnp.maximum(mean_a, tiny) / jnp.maximum(mean_b, tiny))
+        root = jnp.sqrt(damping)
+        amounts = (pi * root, root / pi)
+    else:
+        amounts = (damping, damping)
+    return KroneckerFactors(*(f + lam * jnp.eye(f.shape[0], dtype=f.dtype)
+                              for f, lam in zip(factors, amounts)))
 
 
-def invert(first: KroneckerFactors, second: KroneckerFactors | None, damping: float | Array
-           ) -> KroneckerSumInverse:
-    """Factored inverse of ``Ã₁ ⊗ B̃₁ (+ Ã₂ ⊗ B̃₂)``, with ``λI`` added to every factor."""
-    first = damped(first, damping)
+def invert(first: KroneckerFactors, second: KroneckerFactors | None, damping: float | Array,
+           trace_norm: bool = False) -> KroneckerSumInverse:
+    """Factored inverse of ``Ã₁ ⊗ B̃₁ (+ Ã₂ ⊗ B̃₂)``, with ``λI`` added to every factor (or,
+    with ``trace_norm``, each term damped by the π split of :func:`damped`)."""
+    first = damped(first, damping, trace_norm)
     if second is None:
         k_a, k_b = _inverse_root(first.a), _inverse_root(first.b)
         return KroneckerSumInverse(
             k_a, k_b, jnp.zeros(k_a.shape[0], k_a.dtype), jnp.zeros(k_b.shape[0], k_b.dtype)
         )
-    second = damped(second, damping)
+    second = damped(second, damping, trace_norm)
     k_a, s_a = _joint_diagonaliser(first.a, second.a)
     k_b, s_b = _joint_diagonaliser(first.b, second.b)
     return KroneckerSumInverse(k_a, k_b, s_a, s_b)
