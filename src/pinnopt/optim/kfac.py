@@ -31,13 +31,16 @@ in degenerate cases (one point and ``S = 1``). For residuals nonlinear in the je
 depends on the current parameters like any Gauss–Newton matrix.
 
 Per step: factors ``F ← β F + (1−β) F_batch`` (initialised to ``I``, refreshed every
-``update_interval`` steps), inverse of the damped sum (``λI`` added to every factor, refreshed
-every ``inverse_interval`` steps), natural direction ``Δ = −(G_KFAC)⁻¹ ∇L``; then
+``update_interval`` steps), inverse of the damped sum (``λI`` added to every factor, or with
+``trace_norm`` the π split ``(A + π√λ I) ⊗ (B + √λ/π I)`` per term; refreshed every
+``inverse_interval`` steps), natural direction ``Δ = −(G_KFAC)⁻¹ ∇L``; then
 
 - ``kfac``: momentum ``m ← μ m + Δ`` and the grid line search of §3 along ``m``;
 - ``kfac-star``: ``(α, μ)`` minimising the quadratic model with the exact Gramian in the plane
   of ``Δ`` and the previous step ``δ`` (Martens & Grosse 2015, §7), ``δ ← αΔ + μδ``. When
   ``δ = 0`` (first step) the 2×2 system is singular and the 1×1 model along ``Δ`` is solved.
+  The model's damping ``λ_M`` is adapted (step rejection, Nielsen's rule) and can be floored
+  apart from the factors' ``λ`` (``model_damping``).
 """
 
 from __future__ import annotations
