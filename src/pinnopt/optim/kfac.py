@@ -403,17 +403,21 @@ def quadratic_model_step(jd: Array, jp: Array, direction: Matrices, previous: Ma
     mu2 = (a12 * b1 - a11 * b2) / safe_det
     alpha1 = jnp.where(a11 > tiny, -b1 / jnp.where(a11 > tiny, a11, 1.0), 0.0)
     alpha, mu = jnp.where(regular, alpha2, alpha1), jnp.where(regular, mu2, 0.0)
-    gu = alpha**2 * g11 + 2 * alpha * mu * g12 + mu**2 * g22
-    uu = (alpha**2 * _dot(direction, direction) + 2 * alpha * mu * _dot(direction, previous)
-          + mu**2 * _dot(previous, previous))
-    curvature = gu / jnp.where(uu > 0, uu, 1.0)
+    uu = _plane_form(alpha, mu, _dot(direction, direction), _dot(direction, previous),
+                     _dot(previous, previous))
+    curvature = _plane_form(alpha, mu, g11, g12, g22) / jnp.where(uu > 0, uu, 1.0)
     return QuadraticModelStep(alpha, mu, model_change(alpha, mu, g11, g12, g22, b1, b2),
                               curvature)
 
 
+def _plane_form(alpha, mu, m11, m12, m22) -> Array:
+    """``uᵀMu`` for ``u = αΔ + μδ`` from the entries of ``M`` in the plane of ``(Δ, δ)``."""
+    return alpha**2 * m11 + 2 * alpha * mu * m12 + mu**2 * m22
+
+
 def model_change(alpha, mu, g11, g12, g22, b1, b2) -> Array:
     """``½ uᵀGu + ∇Lᵀu`` for ``u = αΔ + μδ`` from the 2×2 Gramian entries and ``∇Lᵀ(Δ, δ)``."""
-    return 0.5 * (alpha**2 * g11 + 2 * alpha * mu * g12 + mu**2 * g22) + alpha * b1 + mu * b2
+    return 0.5 * _plane_form(alpha, mu, g11, g12, g22) + alpha * b1 + mu * b2
 
 
 class KFACStarState(NamedTuple):
