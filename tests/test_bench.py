@@ -67,6 +67,20 @@ def test_a_completed_run_is_kept_until_the_suite_changes_it(tmp_path, monkeypatc
     assert rows(out)[0]["steps"] == "4"
 
 
+def test_a_run_whose_retry_changed_its_hparams_is_still_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "base", '[defaults]\nsteps = 3\n' + RUN.format(name="g-adam", method="adam"))
+    out = bench.run_suite("base", progress=False)
+    run = out / "runs" / "g-adam"
+    # What the trainer writes after a divergence retry: the safer settings in config.json.
+    config = json.loads((run / "config.json").read_text())
+    config["hparams"] = {"lr": 5e-4}
+    (run / "config.json").write_text(json.dumps(config))
+    history = (run / "history.jsonl").read_text()
+    bench.run_suite("base", progress=False)
+    assert (run / "history.jsonl").read_text() == history
+
+
 def test_bad_includes_are_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path, "loop", 'include = "loop"\n')

@@ -44,6 +44,9 @@ from pinnopt.config import ConfigError, RunConfig
 SUITES_DIR = Path("benchmarks") / "suites"
 RESULTS_DIR = Path("benchmarks") / "results"
 BUILTIN = ("taylor-speed",)
+REQUESTED = "suite_config.json"
+"""The settings the suite asked for, kept beside the run: ``config.json`` can differ from them
+when a divergence retry switched to safer hyper-parameters."""
 
 
 def find_suite(name: str) -> Path:
@@ -161,6 +164,7 @@ def run_suite(name: str, quick: bool = False, out: str | Path | None = None,
             summary = resume(run_dir, progress=progress)
         else:
             summary = train(config, out=run_dir, progress=progress, overwrite=True)
+        (run_dir / REQUESTED).write_text(json.dumps(config.to_dict(), indent=2))
         rows.append(_row(run_name, group, config, summary))
     write_table(out, data.get("description", path.stem), rows)
     plot_groups(out, rows)
@@ -170,8 +174,11 @@ def run_suite(name: str, quick: bool = False, out: str | Path | None = None,
 
 def _same_config(run_dir: Path, config: RunConfig) -> bool:
     """Whether the run in ``run_dir`` was set up with ``config`` (figures aside)."""
+    recorded = run_dir / REQUESTED
+    if not recorded.exists():
+        recorded = run_dir / "config.json"
     try:
-        done = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        done = RunConfig.from_dict(json.loads(recorded.read_text()))
     except (OSError, ValueError, ConfigError):
         return False
     done.plots = False

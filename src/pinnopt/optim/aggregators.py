@@ -125,7 +125,8 @@ def min_norm_weights(
         rhs = jnp.zeros(m + 1, dtype).at[m].set(1.0)
         alpha = jnp.where(corral, (jnp.linalg.pinv(bordered, hermitian=True) @ rhs)[:m], 0.0)
         # Affine weights sum to one exactly; remove the solve's round-off from that sum.
-        return alpha / jnp.sum(alpha)
+        total = jnp.sum(alpha)
+        return alpha / jnp.where(total != 0, total, 1.0)
 
     def body(state):
         it, lam, corral, _ = state
