@@ -147,6 +147,35 @@ def test_task_gradients_equal_separate_gradients_of_each_task_loss():
                                rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("tasks", ["groups", "roles", "eps-values", "groups+eps-values"])
+def test_blocked_task_gradients_equal_the_jacobian(tasks):
+    """Stratified ε (point i takes value i mod 3): each task's gradient from its own points."""
+    objective, params, batch = setup(eps_values="1e-4,0.01,1", n_interior=24, n_boundary=6)
+    split = mt.make_task_split(objective, tasks)
+    layout = mt.task_layout(objective, split)
+    expected_stride = 1 if tasks in ("groups", "roles") else 3
+    assert layout is not None and set(layout.strides.values()) == {expected_stride}
+    blocked = jax.jit(lambda p, b: mt.task_gradients(objective, split, p, b, layout)[:2])
+    jacobian = jax.jit(lambda p, b: mt.task_gradients(objective, split, p, b)[:2])
+    # The second batch breaks the layout (rows shuffled): the step falls back to the Jacobian.
+    order = jax.random.permutation(jax.random.PRNGKey(5), 24)
+    shuffled = {**batch, "interior": batch["interior"][order]}
+    assert bool(layout.holds(split, batch)) and (layout.static or not bool(layout.holds(split, shuffled)))
+    for b in (batch, shuffled):
+        (l1, g1), (l2, g2) = blocked(params, b), jacobian(params, b)
+        np.testing.assert_allclose(np.asarray(l1), np.asarray(l2), rtol=1e-13, atol=1e-16)
+        np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=1e-12, atol=1e-15)
+        assert float(jnp.min(jnp.abs(l1))) > 0  # every task has points
+
+
+def test_no_layout_without_a_fixed_pattern():
+    objective = toy_objective()  # ε log-uniform: any point can be in any decade
+    assert mt.task_layout(objective, mt.make_task_split(objective, "eps-decades")) is None
+    uneven = toy_objective(eps_values="1e-4,0.01,1", n_interior=24, n_boundary=4)
+    layout = mt.task_layout(uneven, mt.make_task_split(uneven, "eps-values"))
+    assert layout is None  # 4 boundary points do not split into 3 equal strata
+
+
 def test_empty_task_has_zero_loss_and_gradient():
     objective, params, batch = setup()
     batch = {name: points.at[:, 1].set(0.5) for name, points in batch.items()}  # all in [0.1, 1)

@@ -7,9 +7,12 @@ a partition of the residual points (METHODS.md §7):
 
 The residuals come from ONE batched forward pass (``Objective.group_residuals``); each point's
 squared residual is then summed into its task (a segment sum over point task indices, which
-depend on the points only, never on ``θ``). The task gradients ``G = ∂(L_1..L_m)/∂θ`` (m, D)
-are the rows of the Jacobian of that vector, taken by ``jax.jacrev`` on the flattened
-parameters: one forward pass and one vmapped backward pass over the ``m`` unit cotangents.
+depend on the points only, never on ``θ``). The task gradients ``G = ∂(L_1..L_m)/∂θ`` (m, D):
+when the tasks sit in a fixed pattern in each group's points (one task per group, or
+stratified ε sampling, which interleaves the strata; :class:`TaskLayout`), each task's
+gradient is taken on its own points only, all in one vmapped backward pass, at the cost of a
+single loss gradient; otherwise they are the rows of the Jacobian of the task losses
+(``jax.jacrev``: a vmapped backward pass over the ``m`` unit cotangents, m times the cost).
 A gradient-conflict aggregator (:mod:`pinnopt.optim.aggregators`) turns ``G`` into one
 update direction, which an optax optimiser (Adam by default) applies as if it were the gradient.
 
@@ -182,15 +185,103 @@ def task_losses(objective: Objective, split: TaskSplit, params, batch: Batch) ->
     return total
 
 
-def task_gradients(objective: Objective, split: TaskSplit, params, batch: Batch):
-    """``(losses (m,), grads (m, D), unravel)``: one forward and one vmapped backward pass."""
-    flat, unravel = ravel_pytree(params)
+@dataclass(frozen=True)
+class TaskLayout:
+    """Where the tasks sit in each group's points when the sampler lays them out in a fixed
+    pattern: point ``i`` of group ``g`` belongs to task ``offset_g + (i mod strides[g])``
+    (``strides[g] = 1``: the whole group is one task). Stratified ε sampling (``decades``,
+    ``values``) interleaves the strata this way.
 
+    With a layout, the per-task gradients cost one backward pass in all: each group's points
+    are reshaped into ``strides[g]`` blocks, one per task, and one vmapped gradient over the
+    blocks gives every block's gradient from that block's points alone. Without it, the
+    Jacobian of the task losses costs ``m`` backward passes over every point (a point outside
+    task ``i`` gets a zero cotangent but is still back-propagated).
+    """
+
+    strides: dict[str, int]
+
+    @property
+    def static(self) -> bool:
+        """Every group is one task: the layout holds for any batch."""
+        return all(s == 1 for s in self.strides.values())
+
+    def expected(self, split: TaskSplit, batch: Batch) -> dict[str, jax.Array]:
+        return {name: split.group_offsets[name] + jnp.arange(batch[name].shape[0]) % stride
+                for name, stride in self.strides.items()}
+
+    def holds(self, split: TaskSplit, batch: Batch) -> jax.Array:
+        """Whether ``batch``'s task assignment follows the layout (a traced boolean)."""
+        assigned, expected = split.assign(batch), self.expected(split, batch)
+        return jnp.all(jnp.stack([jnp.all(assigned[n] == expected[n]) for n in self.strides]))
+
+
+def task_layout(objective: Objective, split: TaskSplit) -> TaskLayout | None:
+    """The layout of the tasks in the sampled points, or ``None`` if they follow no fixed
+    pattern (checked on one sampled batch; :func:`task_gradients` checks every batch)."""
+    if any(g.name not in split.group_offsets for g in objective.groups):
+        return None
+    if split.group_stride == 1 or split.eps_index is None:
+        return TaskLayout({g.name: 1 for g in objective.groups})
+    batch = objective.sample(jax.random.PRNGKey(0))
+    assigned = {k: np.asarray(v) for k, v in split.assign(batch).items()}
+    strides = {}
+    for g in objective.groups:
+        n, offset = batch[g.name].shape[0], split.group_offsets[g.name]
+        for stride in (1, split.group_stride):
+            if n % stride == 0 and np.array_equal(assigned[g.name], offset + np.arange(n) % stride):
+                strides[g.name] = stride
+                break
+        else:
+            return None
+    return TaskLayout(strides)
+
+
+def _jacobian_task_gradients(objective, split, flat, unravel, batch):
     def losses(theta):
         values = task_losses(objective, split, unravel(theta), batch)
         return values, values
 
     grads, values = jax.jacrev(losses, has_aux=True)(flat)
+    return values, grads
+
+
+def _blocked_task_gradients(objective, split, layout, flat, unravel, batch):
+    scales = objective.scales(batch)
+    values = jnp.zeros(split.m, flat.dtype)
+    grads = jnp.zeros((split.m, flat.size), flat.dtype)
+    for group in objective.groups:
+        stride, points = layout.strides[group.name], batch[group.name]
+        # Block k holds the points i ≡ k (mod stride): task offset + k.
+        blocks = points.reshape(points.shape[0] // stride, stride, -1).swapaxes(0, 1)
+        weight = 0.5 * scales[group.name] ** 2
+
+        def block_loss(theta, x, group=group, weight=weight):
+            return weight * jnp.sum(group.residual(objective.net, unravel(theta), x) ** 2)
+
+        block_values, block_grads = jax.vmap(jax.value_and_grad(block_loss), (None, 0))(flat, blocks)
+        tasks = split.group_offsets[group.name] + jnp.arange(stride)
+        values = values.at[tasks].add(block_values)
+        grads = grads.at[tasks].add(block_grads)
+    return values, grads
+
+
+def task_gradients(objective: Objective, split: TaskSplit, params, batch: Batch,
+                   layout: TaskLayout | None = None):
+    """``(losses (m,), grads (m, D), unravel)`` from one batched forward pass.
+
+    With a ``layout`` (:func:`task_layout`) the gradients take one backward pass over the
+    points; a batch that does not follow the layout falls back, inside the compiled step, to
+    the Jacobian of the task losses (``m`` backward passes), so the result is the same.
+    """
+    flat, unravel = ravel_pytree(params)
+    if layout is None:
+        return (*_jacobian_task_gradients(objective, split, flat, unravel, batch), unravel)
+    blocked = lambda b: _blocked_task_gradients(objective, split, layout, flat, unravel, b)
+    if layout.static:
+        return (*blocked(batch), unravel)
+    jacobian = lambda b: _jacobian_task_gradients(objective, split, flat, unravel, b)
+    values, grads = jax.lax.cond(layout.holds(split, batch), blocked, jacobian, batch)
     return values, grads, unravel
 
 
@@ -261,9 +352,11 @@ def multitask_method(objective: Objective, aggregator: str, tasks: str, optimize
             jnp.zeros(m, dtype),
         )
 
+    layout = task_layout(objective, split) if aggregator != "mconfig" else None
+
     def gradients(params, state, batch):
         if aggregator != "mconfig":
-            return task_gradients(objective, split, params, batch)
+            return task_gradients(objective, split, params, batch, layout)
         # M-ConFIG refreshes one task per step: back-propagate only that task.
         flat, unravel = ravel_pytree(params)
         values, pullback = jax.vjp(
