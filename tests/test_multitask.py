@@ -168,12 +168,23 @@ def test_blocked_task_gradients_equal_the_jacobian(tasks):
         assert float(jnp.min(jnp.abs(l1))) > 0  # every task has points
 
 
+@pytest.mark.parametrize("n_boundary", [4, 2])
+def test_blocked_task_gradients_with_uneven_strata(n_boundary):
+    """4 (or 2) boundary points over 3 strata: the leftover points are blocks of their own."""
+    objective, params, batch = setup(eps_values="1e-4,0.01,1", n_interior=25, n_boundary=n_boundary)
+    split = mt.make_task_split(objective, "groups+eps-values")
+    layout = mt.task_layout(objective, split)
+    assert layout is not None and layout.strides == {"interior": 3, "boundary": 3}
+    (l1, g1), (l2, g2) = (jax.jit(lambda p, b, lay=lay: mt.task_gradients(objective, split, p, b, lay)[:2])(
+        params, batch) for lay in (layout, None))
+    np.testing.assert_allclose(np.asarray(l1), np.asarray(l2), rtol=1e-13, atol=1e-16)
+    np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=1e-12, atol=1e-15)
+    assert (np.asarray(l1) > 0).sum() == 3 + min(n_boundary, 3)
+
+
 def test_no_layout_without_a_fixed_pattern():
     objective = toy_objective()  # ε log-uniform: any point can be in any decade
     assert mt.task_layout(objective, mt.make_task_split(objective, "eps-decades")) is None
-    uneven = toy_objective(eps_values="1e-4,0.01,1", n_interior=24, n_boundary=4)
-    layout = mt.task_layout(uneven, mt.make_task_split(uneven, "eps-values"))
-    assert layout is None  # 4 boundary points do not split into 3 equal strata
 
 
 def test_empty_task_has_zero_loss_and_gradient():

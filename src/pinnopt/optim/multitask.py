@@ -193,8 +193,9 @@ class TaskLayout:
     ``values``) interleaves the strata this way.
 
     With a layout, the per-task gradients cost one backward pass in all: each group's points
-    are reshaped into ``strides[g]`` blocks, one per task, and one vmapped gradient over the
-    blocks gives every block's gradient from that block's points alone. Without it, the
+    are reshaped into ``strides[g]`` blocks, one per task (the ``N_g mod strides[g]`` points
+    left over form a second, one-point-per-task set of blocks), and one vmapped gradient over
+    the blocks gives every block's gradient from that block's points alone. Without it, the
     Jacobian of the task losses costs ``m`` backward passes over every point (a point outside
     task ``i`` gets a zero cotangent but is still back-propagated).
     """
@@ -229,7 +230,7 @@ def task_layout(objective: Objective, split: TaskSplit) -> TaskLayout | None:
     for g in objective.groups:
         n, offset = batch[g.name].shape[0], split.group_offsets[g.name]
         for stride in (1, split.group_stride):
-            if n % stride == 0 and np.array_equal(assigned[g.name], offset + np.arange(n) % stride):
+            if np.array_equal(assigned[g.name], offset + np.arange(n) % stride):
                 strides[g.name] = stride
                 break
         else:
@@ -252,17 +253,25 @@ def _blocked_task_gradients(objective, split, layout, flat, unravel, batch):
     grads = jnp.zeros((split.m, flat.size), flat.dtype)
     for group in objective.groups:
         stride, points = layout.strides[group.name], batch[group.name]
-        # Block k holds the points i ≡ k (mod stride): task offset + k.
-        blocks = points.reshape(points.shape[0] // stride, stride, -1).swapaxes(0, 1)
-        weight = 0.5 * scales[group.name] ** 2
+        offset, weight = split.group_offsets[group.name], 0.5 * scales[group.name] ** 2
 
         def block_loss(theta, x, group=group, weight=weight):
             return weight * jnp.sum(group.residual(objective.net, unravel(theta), x) ** 2)
 
-        block_values, block_grads = jax.vmap(jax.value_and_grad(block_loss), (None, 0))(flat, blocks)
-        tasks = split.group_offsets[group.name] + jnp.arange(stride)
-        values = values.at[tasks].add(block_values)
-        grads = grads.at[tasks].add(block_grads)
+        gradient = jax.vmap(jax.value_and_grad(block_loss), (None, 0))
+        # The first q·stride points: block k holds the points i ≡ k (mod stride), task offset + k;
+        # the r = N mod stride points after them are one more point of tasks offset .. offset + r − 1.
+        q, r = divmod(points.shape[0], stride)
+        parts = []
+        if q:
+            parts.append((points[:q * stride].reshape(q, stride, -1).swapaxes(0, 1), stride))
+        if r:
+            parts.append((points[q * stride:, None, :], r))
+        for blocks, count in parts:
+            block_values, block_grads = gradient(flat, blocks)
+            tasks = offset + jnp.arange(count)
+            values = values.at[tasks].add(block_values)
+            grads = grads.at[tasks].add(block_grads)
     return values, grads
 
 
