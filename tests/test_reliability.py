@@ -110,6 +110,27 @@ def test_broken_problem_definitions_get_clear_errors(tmp_path):
               progress=False, log=quiet)
 
 
+
+def test_a_training_loss_of_exactly_zero_stops_the_run_and_says_why(tmp_path):
+    # Residuals that vanish at every training point whatever the network (as when saturated
+    # tanh units fit fixed points exactly): the gradient is zero, so the run must stop with
+    # status "stalled" instead of spending its budget, and the errors must still be reported.
+    box = Box.cube(2)
+    flat = ResidualGroup("interior", box.interior(), 16, lambda x, u: u.value[0] - u.value[0])
+    problem = Problem(name="zero-loss", domain=box, coords=("x", "y"), fields=("u",),
+                      groups=(flat,), solution=lambda x: 1.0 + x[:, :1])
+    register_problem("zero-loss", lambda: problem)
+    logs = []
+    s = train(tiny(method="adam", problem="zero-loss", problem_options={}, steps=50),
+              tmp_path / "z", progress=False, log=logs.append)
+    assert s["status"] == "stalled" and s["steps"] == 1
+    assert "exactly 0" in s["message"] and "step 0" in s["message"]
+    assert s["final"]["step"] == 1 and s["final"]["loss"] == 0.0
+    assert s["final"]["rel_l2_u"] > 0.1            # the error is still measured and reported
+    assert any(m.startswith("stalled: the training loss is exactly 0") for m in logs)
+    state, _ = checkpoint.load(tmp_path / "z" / "checkpoint.pkl")
+    assert state["step"] == 1
+
 # -- fuzzing ------------------------------------------------------------------------------
 values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                    st.floats(allow_nan=True, allow_infinity=True),

@@ -292,6 +292,7 @@ class Trainer:
         last_ckpt = time.monotonic()
         status, message = "completed", ""
         retries = 0
+        zero_loss_step = None
         bar = self._bar(step)
         self._install_signal_handlers()
         try:
@@ -304,6 +305,8 @@ class Trainer:
                     reason = "time budget reached"
                 elif stop == 3:
                     status, reason = "interrupted", f"stopped by {self._stop_signal or 'a signal'}"
+                elif zero_loss_step is not None:
+                    status, reason = "stalled", _zero_loss_message(zero_loss_step, cfg.dtype)
                 batch = self.placed_batch(step)
                 evaluated = history and history[-1]["step"] == step
                 if (step >= next_eval or reason) and not evaluated:
@@ -352,6 +355,10 @@ class Trainer:
                     break
                 params, mstate = new_params, new_state
                 last_info = {f"method_{k}": float(v) for k, v in info.items() if k != "loss"}
+                if float(info["loss"]) == 0.0:
+                    # Every residual vanished at the training points: the gradient is zero
+                    # and nothing can move any more. Stop and say so (see _zero_loss_message).
+                    zero_loss_step = step
                 step += 1
                 if bar is not None:
                     bar.update(1)
@@ -450,6 +457,14 @@ class Trainer:
     def _restore_signal_handlers(self) -> None:
         for sig, old in self._old_handlers.items():
             signal.signal(sig, old)
+
+
+def _zero_loss_message(step: int, dtype: str) -> str:
+    """Why a run stopped on a training loss of exactly 0."""
+    return (f"the training loss is exactly 0 in {dtype} at step {step}: every residual vanishes "
+            "at the training points, so the gradient is zero and no method can move. Check "
+            "the errors against the reference: saturated units can fit fixed points exactly "
+            "and be wrong between them (more or resampled points help)")
 
 
 FLOAT32_MIN_DAMPING = 1e-6
