@@ -134,7 +134,9 @@ def test_woodbury_equals_full_when_fewer_residuals_than_parameters(case):
     full0 = direction(jac, r, 0.0, "full", "eigh", sizes)
     wood0 = direction(jac, r, 0.0, "woodbury", "eigh", sizes)
     assert rel(wood0, -np.linalg.pinv(jac) @ r) < 1e-6
-    assert rel(full0, wood0) < 1e-6
+    # The D x D Gramian squares J's condition number; its eigh pseudo-inverse agrees with the
+    # N x N one to ~cond(J)^2 eps (1.4e-6 seen on the CI machine for heat2-3-4-4-1).
+    assert rel(full0, wood0) < 1e-5
 
 
 @pytest.mark.parametrize("case", CASES[1:], ids=IDS[1:])
