@@ -110,7 +110,6 @@ def test_broken_problem_definitions_get_clear_errors(tmp_path):
               progress=False, log=quiet)
 
 
-
 def test_a_training_loss_of_exactly_zero_stops_the_run_and_says_why(tmp_path):
     # Residuals that vanish at every training point whatever the network (as when saturated
     # tanh units fit fixed points exactly): the gradient is zero, so the run must stop with
@@ -130,6 +129,7 @@ def test_a_training_loss_of_exactly_zero_stops_the_run_and_says_why(tmp_path):
     assert any(m.startswith("stalled: the training loss is exactly 0") for m in logs)
     state, _ = checkpoint.load(tmp_path / "z" / "checkpoint.pkl")
     assert state["step"] == 1
+
 
 # -- fuzzing ------------------------------------------------------------------------------
 values = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
