@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints (30)")
     tr.add_argument("--on-divergence", choices=("retry", "stop"),
                     help="after NaN/Inf: retry the step with safer settings (default) or stop")
+    tr.add_argument("--resample-every", type=int, metavar="K",
+                    help="redraw the training points every K steps (problems that redraw; 1)")
     tr.add_argument("--devices", type=int,
                     help="split the points over N devices (default: all; docs/distributed.md)")
     tr.add_argument("--out", help="run directory (default runs/<problem>-<method>-seed<seed>)")
@@ -128,7 +130,8 @@ def _config_from_args(args) -> "RunConfig":
     if args.method is not None and args.method != data.get("method"):
         data["hparams"] = {}
     for key in ("problem", "net", "activation", "method", "steps", "time_budget", "seed",
-                "dtype", "eval_ratio", "checkpoint_every", "on_divergence", "devices"):
+                "dtype", "eval_ratio", "checkpoint_every", "on_divergence", "devices",
+                "resample_every"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value

@@ -34,6 +34,9 @@ class RunConfig:
     ``time_budget`` seconds of training time (evaluation excluded), whichever comes first.
     Evaluations happen at steps 0, 1 and then every time the step grows by ``eval_ratio``;
     checkpoints at evaluations at least ``checkpoint_every`` seconds apart, and at the end.
+    Problems that redraw their training points (``resample``) draw them every
+    ``resample_every`` steps (1: every step; the batch of step s is that of step
+    s − s mod k, so a resumed run sees the same points).
     ``devices`` is the number of devices the collocation points are split over (data
     parallelism, ``docs/distributed.md``); ``None`` uses every device.
     A step that produces NaN or Inf is rolled back; with ``on_divergence = "retry"`` it is
@@ -56,6 +59,7 @@ class RunConfig:
     on_divergence: str = "retry"
     max_retries: int = 3
     devices: int | None = None
+    resample_every: int = 1
 
     def __post_init__(self):
         self.validate()
@@ -97,6 +101,7 @@ class RunConfig:
         if self.on_divergence not in ("retry", "stop"):
             raise ConfigError(f"on_divergence={self.on_divergence!r} must be 'retry' or 'stop'")
         _check_int("max_retries", self.max_retries, minimum=0)
+        _check_int("resample_every", self.resample_every, minimum=1)
         if self.devices is not None:
             _check_int("devices", self.devices, minimum=1)
         if self.dtype not in DTYPES:

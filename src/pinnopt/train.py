@@ -75,6 +75,10 @@ def build(config: RunConfig) -> Setup:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     check_problem(problem, objective)
+    if config.resample_every != 1 and not problem.resample:
+        raise ConfigError(f"resample_every={config.resample_every} needs a problem that redraws "
+                          f"its points; {problem.name!r} keeps one batch here (problem option "
+                          f"resample=true, where it has one)")
     x = problem.eval_points().astype(dtype)
     return Setup(config, problem, net, objective, method, x, problem.reference(x).astype(dtype))
 
@@ -219,7 +223,11 @@ class Trainer:
     def batch(self, step: int) -> Batch:
         cfg = self.config
         if self.setup.problem.resample:
-            return self.setup.objective.sample(step_keys(cfg.seed, step)[0])
+            draw = step - step % cfg.resample_every
+            cached = getattr(self, "_drawn_batch", None)
+            if cached is None or cached[0] != draw:
+                self._drawn_batch = (draw, self.setup.objective.sample(step_keys(cfg.seed, draw)[0]))
+            return self._drawn_batch[1]
         if not hasattr(self, "_fixed_batch"):
             key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 2)
             self._fixed_batch = self.setup.objective.sample(key)
