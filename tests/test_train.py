@@ -167,3 +167,50 @@ def test_adam_lowers_the_poisson_error_by_two_orders_of_magnitude(tmp_path):
     history = read_history(tmp_path / "adam")
     assert history[-1]["step"] == steps
     assert history[-1]["rms_u"] < history[0]["rms_u"] / 100
+
+
+def test_resample_every_keeps_each_draw_for_k_steps_and_resumes_on_the_same_points(tmp_path):
+    """resample_every = 4: steps 0-3 share a draw, step 4 gets a new one; the draw depends
+    only on the step, so a run stopped mid-draw (step 6) and resumed to 10 equals 10 steps."""
+    from pinnopt.train import Trainer
+
+    opts = dict(TINY, resample=True)
+    cfg = tiny_config(problem_options=opts, resample_every=4, steps=10)
+    tr = Trainer(cfg, tmp_path / "t")
+    x = [np.asarray(tr.batch(s)["interior"]) for s in range(9)]
+    for s in (1, 2, 3):
+        np.testing.assert_array_equal(x[s], x[0])
+    np.testing.assert_array_equal(x[5], x[4])
+    np.testing.assert_array_equal(x[8], np.asarray(Trainer(cfg, tmp_path / "u").batch(8)["interior"]))
+    assert not np.array_equal(x[4], x[3]) and not np.array_equal(x[8], x[4])
+    every_step = Trainer(tiny_config(problem_options=opts, steps=10), tmp_path / "v")
+    np.testing.assert_array_equal(np.asarray(every_step.batch(4)["interior"]), x[4])
+    assert not np.array_equal(np.asarray(every_step.batch(5)["interior"]), x[5])
+
+    full = train(cfg, tmp_path / "full", progress=False, log=quiet)
+    train(tiny_config(problem_options=opts, resample_every=4, steps=6), tmp_path / "part",
+          progress=False, log=quiet)
+    part = resume(tmp_path / "part", steps=10, progress=False, log=quiet)
+    assert part["steps"] == full["steps"] == 10
+    assert part["final"]["loss"] == full["final"]["loss"]
+    other = train(tiny_config(problem_options=opts, steps=10), tmp_path / "k1", progress=False,
+                  log=quiet)
+    assert other["final"]["loss"] != full["final"]["loss"]
+
+
+@pytest.mark.parametrize("kw, needle", [
+    (dict(resample_every=0), "resample_every=0 must be at least 1"),
+    (dict(resample_every=2.5), "resample_every=2.5 must be an integer"),
+])
+def test_resample_every_rejects_bad_values(kw, needle):
+    from pinnopt.config import ConfigError
+
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        tiny_config(**kw)
+
+
+def test_resample_every_on_a_fixed_batch_problem_is_an_error(tmp_path):
+    from pinnopt.config import ConfigError
+
+    with pytest.raises(ConfigError, match="resample_every=3 needs a problem that redraws"):
+        train(tiny_config(resample_every=3), tmp_path / "fixed", progress=False, log=quiet)
