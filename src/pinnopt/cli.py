@@ -5,7 +5,7 @@
     pinnopt list [problems|methods]
     pinnopt report RUN
     pinnopt predict RUN --points FILE.npy [--out FILE.npy]
-    pinnopt bench SUITE [--quick]
+    pinnopt bench SUITE [--quick] [--jobs N] [--dry-run]
     pinnopt diagnose gradient-noise --problem NAME [--formulation F[,F]] [--out DIR] ...
 
 Bad input gets one line on stderr and exit code 2; a diverged run exits with 3.
@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--quick", action="store_true", help="CI-sized smoke run")
     be.add_argument("--out", help="results directory (default benchmarks/results/<suite>)")
     be.add_argument("--no-progress", action="store_true")
+    be.add_argument("--jobs", type=int, default=1,
+                    help="runs trained at a time, each in its own process pinned to one core "
+                         "(output in runs/<name>.log; default 1: one after the other)")
+    be.add_argument("--dry-run", action="store_true",
+                    help="list what would be done with each run (kept, copied, trained) and stop")
 
     dg = sub.add_parser("diagnose", help="diagnostics of a problem's training signal")
     dg.add_argument("what", choices=("gradient-noise",),
@@ -217,7 +222,8 @@ def cmd_predict(args) -> int:
 def cmd_bench(args) -> int:
     from pinnopt import bench
 
-    bench.run_suite(args.suite, quick=args.quick, out=args.out, progress=not args.no_progress)
+    bench.run_suite(args.suite, quick=args.quick, out=args.out, progress=not args.no_progress,
+                    jobs=args.jobs, dry_run=args.dry_run)
     return 0
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pinnopt.bench import RESULTS_DIR, machine
+from pinnopt.machine import machine, results_dir
 from pinnopt.nets import MLP
 from pinnopt.problems import make_problem
 from pinnopt.residuals import Objective
@@ -60,7 +60,9 @@ def _time(fn, *args, repeats: int) -> float:
 
 
 def run(quick: bool = False, out: str | Path | None = None) -> Path:
-    out = Path(out) if out else RESULTS_DIR / ("taylor-speed" + ("-quick" if quick else ""))
+    """Time both Laplacians on two network sizes; writes ``results.md`` / ``results.json`` and
+    returns the results directory."""
+    out = Path(out) if out else results_dir("taylor-speed", quick)
     out.mkdir(parents=True, exist_ok=True)
     problem = make_problem("poisson", dim=2)
     nets = {"small": (2, 64, 1), "medium": (2, 64, 64, 48, 48, 1)}
