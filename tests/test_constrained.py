@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import pinnopt  # noqa: F401  (float64)
-from pinnopt import checkpoint
 from pinnopt.config import RunConfig
 from pinnopt.geometry import Box
 from pinnopt.nets import MLP
@@ -15,7 +14,7 @@ from pinnopt.optim import make_method
 from pinnopt.optim import constrained as C
 from pinnopt.problems import Problem, make_problem, register_problem
 from pinnopt.residuals import Objective, ResidualGroup
-from pinnopt.train import read_history, resume, train
+from pinnopt.train import load_state, read_history, resume, train
 
 # ---------------------------------------------------------------------------------------------
 # A quadratic problem with a known constrained minimiser: a linear "network" u(x) = W x + b,
@@ -222,8 +221,8 @@ def runs(tmp_path_factory):
 def test_resume_continues_multipliers_penalty_and_lbfgs_memory_exactly(runs):
     root, full, part = runs
     assert full["steps"] == part["steps"] == 6
-    a, _ = checkpoint.load(root / "full" / "checkpoint.pkl")
-    b, _ = checkpoint.load(root / "part" / "checkpoint.pkl")
+    a, _ = load_state(root / "full")
+    b, _ = load_state(root / "part")
     assert isinstance(a["method_state"], C.ALMState)
     leaves_a = jax.tree_util.tree_leaves((a["params"], a["method_state"]))
     leaves_b = jax.tree_util.tree_leaves((b["params"], b["method_state"]))

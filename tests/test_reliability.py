@@ -10,14 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pinnopt import checkpoint
 from pinnopt.cli import main
 from pinnopt.config import ConfigError, RunConfig
 from pinnopt.geometry import Box
 from pinnopt.optim.base import METHODS, Method, MethodSpec, more_damping, register
 from pinnopt.problems import Problem, register_problem
 from pinnopt.residuals import ResidualGroup
-from pinnopt.train import read_history, train
+from pinnopt.train import load_state, read_history, train
 
 TINY = {"n_interior": 32, "n_boundary": 8}
 
@@ -65,7 +64,7 @@ def test_nan_in_curvature_state_is_rolled_back_and_retried_with_more_damping(tmp
     assert len(retries) == 2 and "step 3" in retries[0]       # 1e-5 -> 1e-4 -> 1e-3
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["hparams"]["damping"] == pytest.approx(1e-3)
-    state, _ = checkpoint.load(tmp_path / "r" / "checkpoint.pkl")
+    state, _ = load_state(tmp_path / "r")
     assert bool(jnp.isfinite(state["method_state"]["factor"]))
     assert all(np.isfinite(r["loss"]) for r in read_history(tmp_path / "r"))
 
@@ -74,7 +73,7 @@ def test_fault_with_stop_policy_keeps_the_last_good_state(tmp_path):
     s = train(tiny(method="test-faulty", hparams={"damping": 1e-5}, on_divergence="stop"),
               tmp_path / "r", progress=False, log=quiet)
     assert s["status"] == "diverged" and "step 3" in s["message"]
-    state, _ = checkpoint.load(tmp_path / "r" / "checkpoint.pkl")
+    state, _ = load_state(tmp_path / "r")
     assert state["step"] == 3 and bool(jnp.isfinite(state["method_state"]["factor"]))
 
 
@@ -102,7 +101,7 @@ def test_broken_problem_definitions_get_clear_errors(tmp_path):
         with pytest.raises(ConfigError, match=message):
             train(tiny(method="adam", problem=f"broken-{name}", problem_options={}),
                   tmp_path / name, progress=False, log=quiet)
-        assert not (tmp_path / name / "checkpoint.pkl").exists()
+        assert not (tmp_path / name / "checkpoint.npz").exists()
     nosol = Problem(name="nosol", domain=box, coords=("x", "y"), fields=("u",), groups=(good,))
     register_problem("nosol", lambda: nosol)
     with pytest.raises(ConfigError, match="no reference solution"):
@@ -127,7 +126,7 @@ def test_a_training_loss_of_exactly_zero_stops_the_run_and_says_why(tmp_path):
     assert s["final"]["step"] == 1 and s["final"]["loss"] == 0.0
     assert s["final"]["rel_l2_u"] > 0.1            # the error is still measured and reported
     assert any(m.startswith("stalled: the training loss is exactly 0") for m in logs)
-    state, _ = checkpoint.load(tmp_path / "z" / "checkpoint.pkl")
+    state, _ = load_state(tmp_path / "z")
     assert state["step"] == 1
 
 

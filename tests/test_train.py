@@ -11,9 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from pinnopt import checkpoint
 from pinnopt.config import RunConfig
-from pinnopt.train import next_eval_step, read_history, resume, train
+from pinnopt.train import load_state, next_eval_step, read_history, resume, train
 
 TINY = {"n_interior": 64, "n_boundary": 16}
 
@@ -50,8 +49,8 @@ def test_same_seed_same_history_and_params(tmp_path):
     ha, hb, hc = (read_history(tmp_path / n) for n in "abc")
     assert without_time(ha) == without_time(hb)
     assert without_time(ha) != without_time(hc)
-    pa, _ = checkpoint.load(tmp_path / "a" / "checkpoint.pkl")
-    pb, _ = checkpoint.load(tmp_path / "b" / "checkpoint.pkl")
+    pa, _ = load_state(tmp_path / "a")
+    pb, _ = load_state(tmp_path / "b")
     for x, y in zip(jax.tree_util.tree_leaves(pa["params"]), jax.tree_util.tree_leaves(pb["params"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert a["steps"] == 20 and ha[-1]["step"] == 20
@@ -76,7 +75,7 @@ def test_nan_guard_stops_and_keeps_last_good_state(tmp_path):
     cfg = tiny_config(method="sgd", hparams={"lr": 1e30, "momentum": 0.0}, steps=50)
     s = train(cfg, tmp_path / "nan", progress=False, log=quiet)
     assert s["status"] == "diverged" and "non-finite" in s["message"]
-    state, _ = checkpoint.load(tmp_path / "nan" / "checkpoint.pkl")
+    state, _ = load_state(tmp_path / "nan")
     leaves = jax.tree_util.tree_leaves(state["params"])
     assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
     assert state["step"] == s["steps"] < 50
@@ -84,18 +83,18 @@ def test_nan_guard_stops_and_keeps_last_good_state(tmp_path):
 
 def test_float32_run(tmp_path):
     s = train(tiny_config(dtype="float32"), tmp_path / "f32", progress=False, log=quiet)
-    state, _ = checkpoint.load(tmp_path / "f32" / "checkpoint.pkl")
+    state, _ = load_state(tmp_path / "f32")
     assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(state["params"]))
     assert np.isfinite(s["final"]["loss"])
 
 
 def test_corrupted_checkpoint_falls_back_to_previous(tmp_path):
     train(tiny_config(steps=10), tmp_path / "c", progress=False, log=quiet)
-    path = tmp_path / "c" / "checkpoint.pkl"
+    path = tmp_path / "c" / "checkpoint.npz"
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
-    state, warning = checkpoint.load(path)
+    state, warning = load_state(tmp_path / "c")
     assert warning and "checksum" in warning
     assert state["step"] < 10
 
@@ -128,8 +127,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_history(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert without_time(read_history(tmp_path / "killed")) == without_time(read_history(tmp_path / "ref"))
-    a, _ = checkpoint.load(tmp_path / "killed" / "checkpoint.pkl")
-    b, _ = checkpoint.load(tmp_path / "ref" / "checkpoint.pkl")
+    a, _ = load_state(tmp_path / "killed")
+    b, _ = load_state(tmp_path / "ref")
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
         if isinstance(x, (np.ndarray, jax.Array)):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -151,7 +150,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     assert proc.returncode == 0, err
     summary = json.loads((tmp_path / "term" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["message"]
-    state, _ = checkpoint.load(tmp_path / "term" / "checkpoint.pkl")
+    state, _ = load_state(tmp_path / "term")
     assert state["step"] == summary["steps"] > 0
     assert read_history(tmp_path / "term")[-1]["step"] == summary["steps"]
 

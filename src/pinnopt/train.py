@@ -6,7 +6,7 @@ A run directory holds
     metadata.json    versions, device, git revision, parameter count
     history.jsonl    one row per evaluation: step, time (training seconds), loss and its
                      groups, errors against the reference, the method's scalars
-    checkpoint.pkl   the latest state (and checkpoint.pkl.prev, the one before)
+    checkpoint.npz   the latest state (and checkpoint.npz.prev, the one before)
     summary.json     status and final numbers
     plots/           figures (``pinnopt report``)
 
@@ -39,7 +39,7 @@ from pinnopt.optim import METHODS, Method, make_method
 from pinnopt.problems import Problem
 from pinnopt.residuals import Batch, Objective
 
-CHECKPOINT = "checkpoint.pkl"
+CHECKPOINT = "checkpoint.npz"
 HISTORY = "history.jsonl"
 
 
@@ -538,7 +538,8 @@ def train(config: RunConfig, out: str | Path | None = None, progress: bool = Tru
         log(f"warning: {warning}")
     if main:
         if clear:
-            for name in (CHECKPOINT, CHECKPOINT + ".prev", HISTORY, "summary.json"):
+            checkpoint.remove(out / CHECKPOINT)
+            for name in (HISTORY, "summary.json"):
                 (out / name).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
@@ -573,9 +574,14 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_state(run_dir: str | Path) -> tuple[dict[str, Any], str | None]:
+def load_state(run_dir: str | Path,
+               template: dict[str, Any] | None = None) -> tuple[dict[str, Any], str | None]:
+    """The run's last checkpointed state, in the structure of ``template`` (the run's
+    ``Trainer.fresh_state()``, made from its config.json when not given), and a warning."""
+    if template is None:
+        template = Trainer(load_config(run_dir), run_dir, progress=False).fresh_state()
     try:
-        return checkpoint.load(Path(run_dir) / CHECKPOINT)
+        return checkpoint.load(Path(run_dir) / CHECKPOINT, template)
     except checkpoint.CheckpointError as err:
         raise RunError(str(err)) from None
 
@@ -601,11 +607,11 @@ def resume(run_dir: str | Path, steps: int | None = None, time_budget: float | N
     if devices is not None:
         config.devices = devices
     config.validate()
-    state, warning = load_state(run_dir)
+    trainer = Trainer(config, run_dir, progress=progress, log=log)
+    state, warning = load_state(run_dir, trainer.fresh_state())
     if warning:
         log(f"warning: {warning}")
     history = [row for row in read_history(run_dir) if row["step"] <= state["step"]]
-    trainer = Trainer(config, run_dir, progress=progress, log=log)
     if trainer.parallel is not None:
         trainer.parallel.barrier("pinnopt-resume-start")  # all have read before any writes
     if main:
