@@ -36,7 +36,7 @@ BAD = [
     (["train", "--steps", "-1"], "steps=-1 must be at least 0"),
     (["train", "--time", "-5"], "time_budget=-5.0 must be positive"),
     (["train", "--method", "adam", "--lr", "-1"], "learning rate must be positive"),
-    (["train", "--method", "adam", "--opt", "nonsense=1"], "no hyper-parameter 'nonsense'"),
+    (["train", "--method", "adam", "--opt", "nonsense=1"], "has no setting 'nonsense'"),
     (["train", "--method", "adam", "--opt", "b1=abc"], "not a valid float"),
     (["train", "--opt", "novalue"], "KEY=VALUE"),
     (["train", "--dim", "0"], "positive integer"),

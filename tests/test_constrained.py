@@ -287,11 +287,11 @@ def test_adam_lbfgs_runs_adam_then_lbfgs(quadratic):
     objective, batch, params0 = quadratic
     m = make_method("adam-lbfgs", objective, switch_step=2, lr=0.01, memory=5)
     state, step = m.init(params0), jax.jit(m.step)
-    fresh_lbfgs = state.lbfgs
+    fresh_lbfgs = state.phases[1]
     phases, trajectory, states, params = [], [], [], params0
     for k in range(6):
         params, state, info = step(params, state, batch, jax.random.PRNGKey(k))
-        phases.append(float(info["lbfgs_phase"]))
+        phases.append(float(info["phase"]))
         trajectory.append(params)
         states.append(state)
     assert phases == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0] and int(state.count) == 6
@@ -302,7 +302,7 @@ def test_adam_lbfgs_runs_adam_then_lbfgs(quadratic):
         return all(np.array_equal(np.asarray(x), np.asarray(y))
                    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
-    assert same(states[1].lbfgs, fresh_lbfgs) and not same(states[2].lbfgs, fresh_lbfgs)
-    assert same(states[5].adam, states[1].adam)
+    assert same(states[1].phases[1], fresh_lbfgs) and not same(states[2].phases[1], fresh_lbfgs)
+    assert same(states[5].phases[0], states[1].phases[0])
     loss = lambda p: float(objective.loss(p, batch))  # noqa: E731
     assert loss(trajectory[5]) < 0.5 * loss(trajectory[1])

@@ -13,15 +13,17 @@ from hypothesis import strategies as st
 from pinnopt.cli import main
 from pinnopt.config import ConfigError, RunConfig
 from pinnopt.geometry import Box
-from pinnopt.optim.base import METHODS, Method, MethodSpec, more_damping, register
+from pinnopt.optim.base import Method, method, more_damping
 from pinnopt.problems import Problem, register_problem
 from pinnopt.residuals import ResidualGroup
-from pinnopt.train import load_state, read_history, train
+from pinnopt.train import CHECKPOINT, load_state, read_history, train
 
 TINY = {"n_interior": 32, "n_boundary": 8}
 
 
-def faulty(objective, damping, fail_below, fail_at_step):
+@method("test-faulty", "test double", safer=more_damping(factor=10.0))
+def faulty(objective, *, damping: float = 1e-6, fail_below: float = 1e-3,
+           fail_at_step: int = 3):
     """Gradient descent whose "curvature" state turns NaN when damping < fail_below, from
     step ``fail_at_step`` on: a stand-in for a Gramian or Kronecker factor going bad."""
 
@@ -37,11 +39,6 @@ def faulty(objective, damping, fail_below, fail_at_step):
         return new, {"factor": factor, "count": state["count"] + 1}, {"loss": loss}
 
     return Method(init, step)
-
-
-register(MethodSpec("test-faulty", faulty,
-                    {"damping": 1e-6, "fail_below": 1e-3, "fail_at_step": 3},
-                    "test double", safer=more_damping(factor=10.0)))
 
 
 def quiet(msg):
@@ -101,7 +98,7 @@ def test_broken_problem_definitions_get_clear_errors(tmp_path):
         with pytest.raises(ConfigError, match=message):
             train(tiny(method="adam", problem=f"broken-{name}", problem_options={}),
                   tmp_path / name, progress=False, log=quiet)
-        assert not (tmp_path / name / "checkpoint.npz").exists()
+        assert not (tmp_path / name / CHECKPOINT).exists()
     nosol = Problem(name="nosol", domain=box, coords=("x", "y"), fields=("u",), groups=(good,))
     register_problem("nosol", lambda: nosol)
     with pytest.raises(ConfigError, match="no reference solution"):

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pinnopt.nets import ACTIVATIONS, MLP, parse_net
-from pinnopt.optim import METHODS, coerce_hparam
+from pinnopt.optim import METHODS, MethodValue, configured_value
+from pinnopt.optim.base import as_config, to_tree
 from pinnopt.problems import PROBLEMS, Problem, make_problem, problem_options
 
 DTYPES = ("float64", "float32")
@@ -47,7 +48,7 @@ class RunConfig:
     problem_options: dict[str, Any] = field(default_factory=dict)
     net: str | None = None
     activation: str = "tanh"
-    method: str = DEFAULT_METHOD
+    method: str | dict[str, Any] | MethodValue = DEFAULT_METHOD
     hparams: dict[str, Any] = field(default_factory=dict)
     steps: int = 100_000
     time_budget: float | None = 60.0
@@ -76,14 +77,7 @@ class RunConfig:
                 raise ConfigError(
                     f"problem {self.problem!r} has no option {key!r}; accepted: {', '.join(accepted)}"
                 )
-        if self.method not in METHODS:
-            raise ConfigError(
-                f"method={self.method!r} is unknown; choose from {', '.join(sorted(METHODS))}"
-            )
-        try:
-            self.hparams = {k: coerce_hparam(self.method, k, v) for k, v in self.hparams.items()}
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        self._canonical_method()
         if self.activation not in ACTIVATIONS:
             raise ConfigError(
                 f"activation={self.activation!r} is unknown; choose from {', '.join(ACTIVATIONS)}"
@@ -108,6 +102,35 @@ class RunConfig:
             raise ConfigError(f"dtype={self.dtype!r} is unknown; choose from {', '.join(DTYPES)}")
         if self.net is not None and not isinstance(self.net, str):
             raise ConfigError(f"net={self.net!r} must be a preset name or sizes like '2-64-1'")
+
+    def _canonical_method(self) -> None:
+        """``method`` as a name and ``hparams`` as its settings (nested tables for methods in
+        methods), whether given as a name and settings, a table with a name, or a value."""
+        if not isinstance(self.hparams, dict):
+            raise ConfigError(f"hparams must be a table of settings, got {self.hparams!r}")
+        method, hparams = self.method, dict(self.hparams)
+        if isinstance(method, MethodValue):
+            method, given = as_config(method)
+            hparams = {**given, **hparams}
+        elif isinstance(method, dict):
+            table = dict(method)
+            method = table.pop("name", None)
+            if not isinstance(method, str):
+                raise ConfigError("a [method] table needs name = \"<method>\"")
+            hparams = {**table, **hparams}
+        if not isinstance(method, str) or method not in METHODS:
+            raise ConfigError(
+                f"method={method!r} is unknown; choose from {', '.join(sorted(METHODS))}")
+        try:
+            value = configured_value(method, {k: to_tree(v) for k, v in hparams.items()})
+            self.method, self.hparams = as_config(value)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    @property
+    def method_value(self) -> MethodValue:
+        """The method this configuration describes, as a value."""
+        return configured_value(self.method, self.hparams)
 
     # -- building ----------------------------------------------------------------------------
     def build_problem(self) -> Problem:
@@ -144,6 +167,8 @@ class RunConfig:
             if key in data and not isinstance(data[key], dict):
                 raise ConfigError(f"{key} must be a table of settings, got {data[key]!r}")
         for key in ("problem", "method", "activation", "dtype"):
+            if key == "method" and isinstance(data.get(key), dict):
+                continue  # a [method] table: its name and settings, checked with the method
             if key in data and not isinstance(data[key], str):
                 raise ConfigError(f"{key}={data[key]!r} must be a string")
         return cls(**data)

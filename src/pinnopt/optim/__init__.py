@@ -1,10 +1,21 @@
-"""Optimisers, all selectable by name through :func:`make_method`."""
+"""Optimisers as values (:mod:`pinnopt.optim.base`), each also selectable by name."""
 
-from pinnopt.optim import constrained  # noqa: F401  (registers alm, lagrange, capu, adam-lbfgs)
-from pinnopt.optim import first_order  # noqa: F401  (registers sgd, adam, lbfgs)
-from pinnopt.optim import gauss_newton  # noqa: F401  (registers engd, hessian-free)
-from pinnopt.optim import kfac  # noqa: F401  (registers kfac, kfac-star)
-from pinnopt.optim import multitask  # noqa: F401  (registers sum, pcgrad, mgda, config, mconfig, hrgrad)
-from pinnopt.optim.base import METHODS, Method, MethodSpec, coerce_hparam, make_method, register
+from pinnopt.optim import first_order  # noqa: F401  (sgd, adam, lbfgs)
+from pinnopt.optim import gauss_newton  # noqa: F401  (engd, hessian-free)
+from pinnopt.optim import kfac  # noqa: F401  (kfac, kfac-star)
+from pinnopt.optim import constrained  # noqa: F401  (alm, lagrange, capu)
+from pinnopt.optim import combine  # noqa: F401  (sequence, adam-lbfgs)
+from pinnopt.optim import multitask  # noqa: F401  (multitask, aggregators, their old names)
+from pinnopt.optim.base import (
+    AGGREGATORS,
+    METHODS,
+    Definition,
+    Method,
+    MethodValue,
+    configured_value,
+    make_method,
+    resolve,
+)
 
-__all__ = ["METHODS", "Method", "MethodSpec", "coerce_hparam", "make_method", "register"]
+__all__ = ["AGGREGATORS", "METHODS", "Definition", "Method", "MethodValue",
+           "configured_value", "make_method", "resolve"]

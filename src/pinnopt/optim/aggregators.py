@@ -16,9 +16,8 @@ minimum contributes nothing and never produces a NaN), ``Ĝ`` the matrix of rows
     mconfig  ConFIG of per-task momenta, one momentum refreshed per step (stateful)
     hrgrad   ConFIG of unit gradients rotated toward a harmonised anchor (a reconstruction)
 
-The registry :data:`AGGREGATORS` gives them one calling convention,
-``fn(grads, state, key, **hyperparameters) -> (update, state, info)``, with the state from
-:func:`init_state` (an empty tuple for the stateless ones). docs/multitask.md has the maths.
+:mod:`pinnopt.optim.multitask` makes each of them a value (``hrgrad(kappa=0.5)``) with one
+calling convention. docs/multitask.md has the maths.
 """
 
 from __future__ import annotations
@@ -294,17 +293,6 @@ def rotate_toward(units: Array, anchor: Array, angles_fraction: Array) -> Array:
     return jnp.cos(theta)[:, None] * units + jnp.sin(theta)[:, None] * e
 
 
-def hrgrad_rotated(grads: Array, kappa: float | Array, *, eps: float | None = None) -> Array:
-    """HRGrad steps 1–3 for a fixed ``kappa``: the rotated unit gradients ``r_i`` (m, D).
-
-    ``r_i`` is ``ĝ_i`` rotated toward the harmonised anchor by ``κ c_i ∠(ĝ_i, d*)``; the HRGrad
-    direction is the ConFIG direction of these rows (equal cosine with every ``r_i``).
-    """
-    units, active = unit_rows(grads, eps)
-    anchor, _ = harmonised_anchor(units, active)
-    return rotate_toward(units, anchor, kappa * conflict_levels(units))
-
-
 def hrgrad(
     grads: Array,
     kappa: float | Array = 0.5,
@@ -489,51 +477,3 @@ def conflict_stats(grads: Array) -> Info:
         "conflict_fraction": jnp.mean((cos < 0).astype(grads.dtype)),
         "cos_mean": jnp.mean(cos),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry: fn(grads (m, D), state, key, **hyperparameters) -> (update (D,), state, info)
-
-Aggregator = Callable[..., tuple[Array, object, Info]]
-
-
-def _stateless(fn: Callable[..., tuple[Array, Info]]) -> Aggregator:
-    def aggregate(grads: Array, state: tuple, key: Array | None, **hyper) -> tuple[Array, tuple, Info]:
-        update, info = fn(grads, **hyper)
-        return update, state, info
-
-    aggregate.__doc__ = fn.__doc__
-    return aggregate
-
-
-def _pcgrad_entry(grads: Array, state: tuple, key: Array, **hyper) -> tuple[Array, tuple, Info]:
-    update, info = pcgrad(grads, key, **hyper)
-    return update, state, info
-
-
-def _mconfig_entry(
-    grads: Array, state: MConfigState, key: Array | None, **hyper
-) -> tuple[Array, MConfigState, Info]:
-    # The registry hands over all m gradients; M-ConFIG uses only the round-robin task's row.
-    # Call mconfig_update directly with that one gradient to save the other backward passes.
-    return mconfig_update(grads[mconfig_next_task(state)], state, **hyper)
-
-
-AGGREGATORS: dict[str, Aggregator] = {
-    "sum": _stateless(sum_aggregate),
-    "pcgrad": _pcgrad_entry,
-    "mgda": _stateless(mgda),
-    "config": _stateless(config),
-    "mconfig": _mconfig_entry,
-    "hrgrad": _stateless(hrgrad),
-}
-"""Aggregators by name, all called as ``fn(grads, state, key, **hyperparameters)`` and returning
-``(update, new_state, info)``; ``state`` from :func:`init_state`, ``key`` a PRNG key (used by
-``pcgrad`` only, may be ``None`` for the others)."""
-
-
-def init_state(name: str, m: int, D: int, dtype=jnp.float64) -> MConfigState | tuple:
-    """Initial state of aggregator ``name`` for ``m`` tasks and ``D`` parameters (``()`` if stateless)."""
-    if name not in AGGREGATORS:
-        raise KeyError(f"unknown aggregator {name!r}; known: {sorted(AGGREGATORS)}")
-    return mconfig_init(m, D, dtype) if name == "mconfig" else ()

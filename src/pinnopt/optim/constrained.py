@@ -44,14 +44,17 @@ re-initialises the inner state every outer step instead. The defaults (20 inner 
 memory 100, at most 25 line-search evaluations) are PyTorch's ``LBFGS`` defaults, which the
 notebooks use.
 
+The inner method is a value (``alm(inner=adam(lr=1e-2))``); it is built on the Lagrangian,
+which offers it a loss and nothing else, so any loss-based method fits (``sgd``, ``adam``,
+``lbfgs``, a ``sequence`` of them) and a Gauss–Newton method is refused with a message.
+
 Multipliers are tied to points, so the points must stay fixed: problems that redraw their
-points every step are refused. ``adam-lbfgs`` (Adam for ``switch_step`` steps, then L-BFGS) is
-the plain penalty baseline "Adam then L-BFGS" of the failure-mode comparisons, in one run.
+points every step are refused.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,14 +62,16 @@ import optax
 from jax import lax
 
 from pinnopt.nets import Params
-from pinnopt.optim.base import METHODS, Method, MethodSpec, make_method, register
+from pinnopt.optim.base import InnerMethod, Method, MethodValue, lookup, method, safer_inner
+from pinnopt.optim.first_order import lbfgs
 from pinnopt.residuals import ROLES, Batch, Objective
 
 Tree = Any
 """A dict of arrays keyed by constraint group name (``(N_g, c_g)`` each), or a single array."""
 
-INNER_METHODS = ("lbfgs", "adam", "sgd", "adam-lbfgs")
 FORMS = ("squared", "linear")
+Form = Literal["squared", "linear"]
+ObjectiveScale = Literal["mean", "sum"]
 OBJECTIVE_SCALES = ("mean", "sum")
 DUAL_UPDATES = ("always", "on-stall")
 
@@ -219,13 +224,6 @@ class Lagrangian:
 # The outer loop shared by the three methods
 
 
-def _inner_method(lagrangian: Lagrangian, inner: str, settings: dict[str, Any]) -> Method:
-    """The inner method on ``L``; settings ``inner_<key>`` go to its hyper-parameter ``<key>``."""
-    spec = METHODS[inner]
-    hparams = {k: settings[f"inner_{k}"] for k in spec.hparams if f"inner_{k}" in settings}
-    return make_method(inner, lagrangian, **hparams)
-
-
 def forget_cached_value(inner_state: Any) -> Any:
     """Mark a loss value cached by a line search (optax's ``value`` field) as missing.
 
@@ -247,10 +245,21 @@ def _multiplier_stats(multipliers: dict[str, jax.Array], prefix: str) -> dict[st
     return out
 
 
+class Outer(NamedTuple):
+    """The settings every constrained method shares (see the module docstring)."""
+
+    inner: MethodValue
+    inner_steps: int
+    constraints: str
+    form: str
+    objective_scale: str
+    reset_inner: bool
+
+
 def _constrained_method(
     method_name: str,
     objective: Objective,
-    settings: dict[str, Any],
+    outer: Outer,
     init_duals: Callable[[dict[str, tuple[int, int]], Any], NamedTuple],
     penalty: Callable[[NamedTuple], Any],
     dual_update: Callable[[NamedTuple, jax.Array, dict[str, jax.Array], jax.Array],
@@ -267,13 +276,13 @@ def _constrained_method(
             f"method {method_name!r} keeps one multiplier per constraint point, so the points must "
             f"stay fixed, but problem {objective.problem.name!r} redraws them every step "
             f"(resample=True); set the problem option resample=false")
-    lagrangian = Lagrangian(objective, parse_roles(settings["constraints"]), settings["form"],
-                            settings["objective_scale"])
-    inner_steps = settings["inner_steps"]
+    lagrangian = Lagrangian(objective, parse_roles(outer.constraints), outer.form,
+                            outer.objective_scale)
+    inner_steps = outer.inner_steps
     if inner_steps < 1:
         raise ValueError(f"inner_steps must be at least 1, got {inner_steps}")
-    inner = _inner_method(lagrangian, settings["inner"], settings)
-    reset_inner = settings["reset_inner"]
+    inner = outer.inner.build(lagrangian)
+    reset_inner = outer.reset_inner
     shapes = lagrangian.constraint_shapes()
 
     def init(params):
@@ -347,7 +356,16 @@ class CAPUState(NamedTuple):
     previous_lagrangian: jax.Array
 
 
-def alm(objective: Objective, mu0: float, mu_max: float, dual_update: str, **settings) -> Method:
+_INNER_DEFAULT = lbfgs(memory=100, max_linesearch_steps=25)
+
+
+@method("alm", "PECANN augmented Lagrangian: pointwise multipliers, penalty doubled on stalls (§6)",
+        needs=("groups",), safer=safer_inner("inner"), legacy=lambda s: legacy_inner(s))
+def alm(objective: Objective, *, mu0: float = 1.0, mu_max: float = 1e4,
+        dual_update: Literal["always", "on-stall"] = "always",
+        inner: InnerMethod = _INNER_DEFAULT, inner_steps: int = 20,
+        constraints: str = "boundary,initial,constraint", form: Form = "squared",
+        objective_scale: ObjectiveScale = "sum", reset_inner: bool = False) -> Method:
     """PECANN augmented Lagrangian with pointwise multipliers and one penalty (module docstring)."""
     if not 0 < mu0 <= mu_max:
         raise ValueError(f"alm: need 0 < mu0 <= mu_max, got mu0={mu0}, mu_max={mu_max}")
@@ -361,10 +379,17 @@ def alm(objective: Objective, mu0: float, mu_max: float, dual_update: str, **set
                                              state.n_prev, mu_max, dual_update)
         return state._replace(multipliers=multipliers, mu=mu, n_prev=n), {"mu": mu}
 
-    return _constrained_method("alm", objective, settings, init_duals, lambda s: s.mu, update)
+    outer = Outer(inner, inner_steps, constraints, form, objective_scale, reset_inner)
+    return _constrained_method("alm", objective, outer, init_duals, lambda s: s.mu, update)
 
 
-def lagrange(objective: Objective, dual_lr: float, **settings) -> Method:
+@method("lagrange",
+        "pointwise Lagrange multipliers with adaptive (RMSprop-like) dual steps, no penalty (§6)",
+        needs=("groups",), safer=safer_inner("inner"), legacy=lambda s: legacy_inner(s))
+def lagrange(objective: Objective, *, dual_lr: float = 1.0,
+             inner: InnerMethod = _INNER_DEFAULT, inner_steps: int = 20,
+             constraints: str = "boundary,initial,constraint", form: Form = "squared",
+             objective_scale: ObjectiveScale = "sum", reset_inner: bool = False) -> Method:
     """Pointwise Lagrange multipliers with the adaptive dual step, no penalty (module docstring)."""
     if not dual_lr > 0:
         raise ValueError(f"lagrange: dual_lr must be positive, got {dual_lr}")
@@ -376,11 +401,17 @@ def lagrange(objective: Objective, dual_lr: float, **settings) -> Method:
         multipliers, v = lagrange_dual_update(state.multipliers, state.v, constraints, dual_lr)
         return state._replace(multipliers=multipliers, v=v), {}
 
-    return _constrained_method("lagrange", objective, settings, init_duals, lambda s: None, update)
+    outer = Outer(inner, inner_steps, constraints, form, objective_scale, reset_inner)
+    return _constrained_method("lagrange", objective, outer, init_duals, lambda s: None, update)
 
 
-def capu(objective: Objective, eta: float, omega: float, zeta: float, eps: float,
-         **settings) -> Method:
+@method("capu",
+        "PECANN-CAPU: pointwise multipliers and conditionally adaptive pointwise penalties (§6)",
+        needs=("groups",), safer=safer_inner("inner"), legacy=lambda s: legacy_inner(s))
+def capu(objective: Objective, *, eta: float = 0.01, omega: float = 0.999, zeta: float = 0.99,
+         eps: float = 1e-8, inner: InnerMethod = _INNER_DEFAULT, inner_steps: int = 20,
+         constraints: str = "boundary,initial,constraint", form: Form = "squared",
+         objective_scale: ObjectiveScale = "sum", reset_inner: bool = False) -> Method:
     """PECANN-CAPU: pointwise multipliers and conditionally adapted pointwise penalties."""
     if not eta > 0 or not 0 < omega <= 1 or not 0 <= zeta < 1 or not eps > 0:
         raise ValueError(
@@ -398,91 +429,35 @@ def capu(objective: Objective, eta: float, omega: float, zeta: float, eps: float
         state = state._replace(multipliers=multipliers, mu=mu, v=v, previous_lagrangian=value)
         return state, _multiplier_stats(mu, "mu")
 
-    return _constrained_method("capu", objective, settings, init_duals, lambda s: s.mu, update)
+    outer = Outer(inner, inner_steps, constraints, form, objective_scale, reset_inner)
+    return _constrained_method("capu", objective, outer, init_duals, lambda s: s.mu, update)
 
 
 # ---------------------------------------------------------------------------------------------
-# Adam, then L-BFGS
+# Older spellings of the inner method
 
 
-class AdamLBFGSState(NamedTuple):
-    count: jax.Array
-    adam: Any
-    lbfgs: Any
+_LEGACY_INNER_KEYS = {"inner_lr": "lr", "inner_memory": "memory",
+                      "inner_max_linesearch_steps": "max_linesearch_steps"}
 
 
-def adam_lbfgs(objective, lr: float, switch_step: int, memory: int, max_linesearch_steps: int,
-               reuse_linesearch_value: bool) -> Method:
-    """Adam (learning rate ``lr``) for the first ``switch_step`` steps, then L-BFGS.
+def legacy_inner(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings of the flat spelling (``inner="adam", inner_lr=1e-2``) as the nested one
+    (``inner={"name": "adam", "lr": 1e-2}``).
 
-    Both are the registered ``adam`` and ``lbfgs`` methods on the same loss; L-BFGS starts from
-    a fresh state (its first step computes value and gradient) at the parameters Adam left.
+    The flat keys applied to the inner method only where it had that setting (``inner_lr`` with
+    L-BFGS did nothing), so keys the inner method does not take are dropped, as before.
     """
-    if switch_step < 0:
-        raise ValueError(f"adam-lbfgs: switch_step must be >= 0, got {switch_step}")
-    adam = make_method("adam", objective, lr=lr)
-    lbfgs = make_method("lbfgs", objective, memory=memory,
-                        max_linesearch_steps=max_linesearch_steps,
-                        reuse_linesearch_value=reuse_linesearch_value)
-
-    def init(params):
-        return strong_types(
-            AdamLBFGSState(jnp.zeros((), jnp.int32), adam.init(params), lbfgs.init(params)))
-
-    def step(params, state, batch, key):
-        def adam_phase(params):
-            params, inner, info = adam.step(params, state.adam, batch, key)
-            return params, state._replace(adam=inner), info["loss"]
-
-        def lbfgs_phase(params):
-            params, inner, info = lbfgs.step(params, state.lbfgs, batch, key)
-            return params, state._replace(lbfgs=inner), info["loss"]
-
-        in_adam = state.count < switch_step
-        params, state, loss = lax.cond(in_adam, adam_phase, lbfgs_phase, params)
-        info = {"loss": loss, "lbfgs_phase": jnp.where(in_adam, 0.0, 1.0).astype(loss.dtype)}
-        return params, state._replace(count=state.count + 1), info
-
-    return Method(init, step)
-
-
-# ---------------------------------------------------------------------------------------------
-# Registration
-
-_COMMON = {
-    "constraints": "boundary,initial,constraint",
-    "form": "squared",
-    "objective_scale": "sum",
-    "inner": "lbfgs",
-    "inner_steps": 20,
-    "inner_lr": 1e-3,
-    "inner_memory": 100,
-    "inner_max_linesearch_steps": 25,
-    "reset_inner": False,
-}
-_CHOICES = {"form": FORMS, "objective_scale": OBJECTIVE_SCALES, "inner": INNER_METHODS}
-
-register(MethodSpec(
-    "alm", alm,
-    {"mu0": 1.0, "mu_max": 1e4, "dual_update": "always", **_COMMON},
-    "PECANN augmented Lagrangian: pointwise multipliers, penalty doubled on stalls (§6)",
-    {**_CHOICES, "dual_update": DUAL_UPDATES},
-))
-register(MethodSpec(
-    "lagrange", lagrange,
-    {"dual_lr": 1.0, **_COMMON},
-    "pointwise Lagrange multipliers with adaptive (RMSprop-like) dual steps, no penalty (§6)",
-    _CHOICES,
-))
-register(MethodSpec(
-    "capu", capu,
-    {"eta": 0.01, "omega": 0.999, "zeta": 0.99, "eps": 1e-8, **_COMMON},
-    "PECANN-CAPU: pointwise multipliers and conditionally adaptive pointwise penalties (§6)",
-    _CHOICES,
-))
-register(MethodSpec(
-    "adam-lbfgs", adam_lbfgs,
-    {"lr": 1e-3, "switch_step": 1000, "memory": 100, "max_linesearch_steps": 25,
-     "reuse_linesearch_value": True},
-    "Adam for switch_step steps, then L-BFGS (the vanilla PINN baseline of §6)",
-))
+    flat = {k: settings.pop(k) for k in list(settings) if k in _LEGACY_INNER_KEYS}
+    if not flat:
+        return settings
+    inner = settings.get("inner", _INNER_DEFAULT.name)
+    if isinstance(inner, MethodValue):
+        inner = inner.tree()
+    table = dict(inner) if isinstance(inner, dict) else {"name": inner}
+    accepted = lookup(table.get("name", _INNER_DEFAULT.name)).settings
+    for key, value in flat.items():
+        if _LEGACY_INNER_KEYS[key] in accepted:
+            table.setdefault(_LEGACY_INNER_KEYS[key], value)
+    settings["inner"] = table
+    return settings

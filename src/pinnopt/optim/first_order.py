@@ -7,14 +7,17 @@ optax transformation. L-BFGS uses optax's limited-memory update with its zoom li
 
 from __future__ import annotations
 
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 import optax
 
-from pinnopt.optim.base import Method, MethodSpec, halve, register
+from pinnopt.optim.base import Method, halve, method
 from pinnopt.residuals import Objective
 
 SCHEDULES = ("constant", "exponential", "cosine")
+Schedule = Literal["constant", "exponential", "cosine"]
 
 
 def learning_rate_schedule(
@@ -35,32 +38,31 @@ def learning_rate_schedule(
     return optax.cosine_decay_schedule(lr, decay_steps)
 
 
-def gradient_method(objective: Objective, transform: optax.GradientTransformation) -> Method:
-    """Any optax transformation applied to the loss gradient."""
-
-    def init(params):
-        return transform.init(params)
-
-    def step(params, state, batch, key):
-        loss, grads = jax.value_and_grad(objective.loss)(params, batch)
-        updates, state = transform.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, {"loss": loss}
-
-    return Method(init, step)
-
-
-def sgd(objective, lr, momentum, nesterov, schedule, decay_rate, decay_steps):
+@method("sgd", "stochastic gradient descent with (heavy-ball) momentum", safer=halve("lr"),
+        transform=True)
+def sgd(*, lr: float = 1e-3, momentum: float = 0.9, nesterov: bool = False,
+        schedule: Schedule = "constant", decay_rate: float = 0.96,
+        decay_steps: int = 1000) -> optax.GradientTransformation:
+    """``θ ← θ − η_k m_k`` with ``m_k = β m_{k−1} + ∇L`` (no momentum when β = 0)."""
+    if momentum < 0:
+        raise ValueError(f"sgd: momentum must be non-negative, got {momentum}")
     sched = learning_rate_schedule(lr, schedule, decay_rate, decay_steps)
-    mom = momentum if momentum > 0 else None
-    return gradient_method(objective, optax.sgd(sched, momentum=mom, nesterov=nesterov))
+    return optax.sgd(sched, momentum=momentum if momentum > 0 else None, nesterov=nesterov)
 
 
-def adam(objective, lr, b1, b2, eps, schedule, decay_rate, decay_steps):
+@method("adam", "Adam", safer=halve("lr"), transform=True)
+def adam(*, lr: float = 1e-3, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+         schedule: Schedule = "constant", decay_rate: float = 0.96,
+         decay_steps: int = 1000) -> optax.GradientTransformation:
+    """Adam with the learning-rate schedule ``schedule``."""
     sched = learning_rate_schedule(lr, schedule, decay_rate, decay_steps)
-    return gradient_method(objective, optax.adam(sched, b1=b1, b2=b2, eps=eps))
+    return optax.adam(sched, b1=b1, b2=b2, eps=eps)
 
 
-def lbfgs(objective, memory, max_linesearch_steps, reuse_linesearch_value, initial_step):
+@method("lbfgs", "L-BFGS with a zoom (strong Wolfe) line search")
+def lbfgs(objective: Objective, *, memory: int = 10, max_linesearch_steps: int = 20,
+          reuse_linesearch_value: bool = True,
+          initial_step: Literal["one", "keep"] = "one") -> Method:
     """optax L-BFGS with the zoom line search on the step's batch.
 
     When points are fixed, the loss and gradient at the new parameters are already known
@@ -103,28 +105,3 @@ def lbfgs(objective, memory, max_linesearch_steps, reuse_linesearch_value, initi
         return optax.apply_updates(params, updates), state, info
 
     return Method(init, step)
-
-
-_SCHEDULE_HPARAMS = {"schedule": "constant", "decay_rate": 0.96, "decay_steps": 1000}
-
-register(MethodSpec(
-    "sgd", sgd,
-    {"lr": 1e-3, "momentum": 0.9, "nesterov": False, **_SCHEDULE_HPARAMS},
-    "stochastic gradient descent with (heavy-ball) momentum",
-    {"schedule": SCHEDULES},
-    safer=halve("lr"),
-))
-register(MethodSpec(
-    "adam", adam,
-    {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, **_SCHEDULE_HPARAMS},
-    "Adam",
-    {"schedule": SCHEDULES},
-    safer=halve("lr"),
-))
-register(MethodSpec(
-    "lbfgs", lbfgs,
-    {"memory": 10, "max_linesearch_steps": 20, "reuse_linesearch_value": True,
-     "initial_step": "one"},
-    "L-BFGS with a zoom (strong Wolfe) line search",
-    {"initial_step": ("one", "keep")},
-))

@@ -23,19 +23,20 @@ residual would cost N of them.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from pinnopt.nets import Params
-from pinnopt.optim.base import Method, MethodSpec, more_damping, register
+from pinnopt.optim.base import Method, method, more_damping
 from pinnopt.optim.gramian import flatten, gramian_vector_product
 from pinnopt.optim.linesearch import apply_step, grid_line_search
 from pinnopt.residuals import Batch, Objective
 
 VARIANTS = ("auto", "full", "layer", "woodbury")
+Variant = Literal["auto", "full", "layer", "woodbury"]
 SOLVERS = ("cholesky", "eigh")
 
 
@@ -70,8 +71,15 @@ def residual_and_jacobian(objective: Objective, params: Params, batch: Batch
 
 
 def layer_sizes(params: Params) -> list[int]:
-    """Entries of each linear layer's ``[W, b]`` block, in :func:`flatten` order."""
-    return [sum(leaf.size for leaf in jax.tree_util.tree_leaves(layer)) for layer in params]
+    """Entries of each linear layer's ``[W, b]`` block, in :func:`flatten` order.
+
+    A block is the leaves of one innermost container (a layer ``{"W", "b"}``), so a model of
+    several networks (``{"g": [...], "rho": [...]}``) gives the layers of each in turn.
+    """
+    sizes: dict[tuple, int] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        sizes[path[:-1]] = sizes.get(path[:-1], 0) + leaf.size
+    return list(sizes.values())
 
 
 def pinv_solve(matrix: jax.Array, rhs: jax.Array, damping: jax.Array | float) -> jax.Array:
@@ -158,8 +166,11 @@ class EngdState(NamedTuple):
     damping: jax.Array  # the current λ (constant unless ``adapt_damping``)
 
 
-def engd(objective: Objective, variant: str, damping: float, solver: str, adapt_damping: bool,
-         max_memory_gb: float, line_search_candidates: int) -> Method:
+@method("engd", "energy natural gradient (Gauss–Newton, dense Gramian) with a grid line search",
+        needs=("residuals",), safer=more_damping())
+def engd(objective: Objective, *, variant: Variant = "auto", damping: float = 1e-10,
+         solver: Literal["cholesky", "eigh"] = "eigh", adapt_damping: bool = False,
+         max_memory_gb: float = 4.0, line_search_candidates: int = 31) -> Method:
     """Energy natural gradient / Gauss–Newton with a grid line search ([ENGD], METHODS.md §3).
 
     ``damping`` is the absolute ``λ`` added to ``G`` (for the scaled loss ``L = ½‖r‖²``, so the
@@ -273,8 +284,12 @@ class HessianFreeState(NamedTuple):
     damping: jax.Array    # the current λ
 
 
-def hessian_free(objective: Objective, damping: float, cg_iters: int, cg_tol: float,
-                 adapt_damping: bool, warm_start: bool, line_search_candidates: int) -> Method:
+@method("hessian-free",
+        "Hessian-free: Gauss–Newton by conjugate gradients, Martens damping, grid line search",
+        needs=("residuals",), safer=more_damping())
+def hessian_free(objective: Objective, *, damping: float = 1e-6, cg_iters: int = 100,
+                 cg_tol: float = 1e-10, adapt_damping: bool = True, warm_start: bool = True,
+                 line_search_candidates: int = 31) -> Method:
     """Hessian-free (Gauss–Newton–CG) with Martens' damping and the grid line search (§5).
 
     Each step solves ``(G + λI) p = −∇L`` by :func:`conjugate_gradient` with Gramian–vector
@@ -346,19 +361,3 @@ def hessian_free(objective: Objective, damping: float, cg_iters: int, cg_tol: fl
 
     return Method(init, step)
 
-
-register(MethodSpec(
-    "engd", engd,
-    {"variant": "auto", "damping": 1e-10, "solver": "eigh", "adapt_damping": False,
-     "max_memory_gb": 4.0, "line_search_candidates": 31},
-    "energy natural gradient (Gauss–Newton, dense Gramian) with a grid line search",
-    {"variant": VARIANTS, "solver": SOLVERS},
-    safer=more_damping(),
-))
-register(MethodSpec(
-    "hessian-free", hessian_free,
-    {"damping": 1e-6, "cg_iters": 100, "cg_tol": 1e-10, "adapt_damping": True,
-     "warm_start": True, "line_search_candidates": 31},
-    "Hessian-free: Gauss–Newton by conjugate gradients, Martens damping, grid line search",
-    safer=more_damping(),
-))

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pinnopt.nets import MLP, Params
-from pinnopt.optim.base import Method, MethodSpec, more_damping, register
+from pinnopt.optim.base import Method, method, more_damping
 from pinnopt.optim.kfac_blocks import (
     KroneckerFactors,
     KroneckerSumInverse,
@@ -95,8 +95,12 @@ class _Term:
 
 
 def _plan(objective: Objective) -> tuple[tuple[_Pass, ...], tuple[_Term, ...]]:
-    if not isinstance(objective.net, MLP):
-        raise ValueError(f"KFAC needs an MLP network, got {type(objective.net).__name__}")
+    model = objective.net
+    if not getattr(model, "supports_taps", False):
+        raise ValueError(
+            f"KFAC supports only models with per-layer taps (the plain MLP, pinnopt.nets.MLP); "
+            f"{type(model).__name__} ({model.describe()}) has none: use engd, hessian-free or "
+            "a first-order method")
     by_derivs: dict[Derivatives, list[ResidualGroup]] = {}
     for group in objective.groups:
         if not callable(getattr(group, "fn", None)) or not isinstance(group.derivs, Derivatives):
@@ -260,10 +264,6 @@ class KFACState(NamedTuple):
     previous: tuple[Array, ...]
 
 
-def to_matrices(params: Params) -> Matrices:
-    return [jnp.concatenate([layer["W"], layer["b"][:, None]], axis=1) for layer in params]
-
-
 def to_params(matrices: Matrices) -> Params:
     return [{"W": m[:, :-1], "b": m[:, -1]} for m in matrices]
 
@@ -347,8 +347,12 @@ def natural_direction(inverses: tuple[KroneckerSumInverse, ...], grads: Matrices
     return [-inv.apply(g) for inv, g in zip(inverses, grads)]
 
 
-def kfac(objective: Objective, damping: float, ema: float, momentum: float,
-         update_interval: int, inverse_interval: int, trace_norm: bool = False) -> Method:
+@method("kfac",
+        "KFAC for PINN losses (interior + boundary Kronecker sums), momentum and grid line search",
+        needs=("residuals",), safer=more_damping())
+def kfac(objective: Objective, *, damping: float = 1.5e-12, ema: float = 0.45,
+         momentum: float = 0.51, update_interval: int = 1, inverse_interval: int = 1,
+         trace_norm: bool = False) -> Method:
     """KFAC with heavy-ball momentum on the natural direction and the grid line search."""
     if not 0 <= momentum < 1:
         raise ValueError(f"KFAC: momentum must be in [0, 1), got {momentum}")
@@ -456,9 +460,12 @@ def adapt_model_damping(damping: Array, growth: Array, rho: Array, accepted: Arr
     return jnp.clip(new, floor, _MAX_MODEL_DAMPING), new_growth
 
 
-def kfac_star(objective: Objective, damping: float, ema: float,
-              update_interval: int, inverse_interval: int, initial_lr: float,
-              adapt_damping: bool, trace_norm: bool = False,
+@method("kfac-star",
+        "KFAC* : KFAC direction with learning rate and momentum from the exact quadratic model",
+        needs=("residuals",), safer=more_damping())
+def kfac_star(objective: Objective, *, damping: float = 1.2e-10, ema: float = 0.926,
+              update_interval: int = 1, inverse_interval: int = 1, trace_norm: bool = False,
+              initial_lr: float = 1e-6, adapt_damping: bool = True,
               model_damping: float = -1.0) -> Method:
     """KFAC* : learning rate and momentum from the exact 2×2 quadratic model, no line search.
 
@@ -519,19 +526,3 @@ def kfac_star(objective: Objective, damping: float, ema: float,
 
     return Method(init, step)
 
-
-_CURVATURE_HPARAMS = {"update_interval": 1, "inverse_interval": 1, "trace_norm": False}
-
-register(MethodSpec(
-    "kfac", kfac,
-    {"damping": 1.5e-12, "ema": 0.45, "momentum": 0.51, **_CURVATURE_HPARAMS},
-    "KFAC for PINN losses (interior + boundary Kronecker sums), momentum and grid line search",
-    safer=more_damping(),
-))
-register(MethodSpec(
-    "kfac-star", kfac_star,
-    {"damping": 1.2e-10, "ema": 0.926, **_CURVATURE_HPARAMS, "initial_lr": 1e-6,
-     "adapt_damping": True, "model_damping": -1.0},
-    "KFAC* : KFAC direction with learning rate and momentum from the exact quadratic model",
-    safer=more_damping(),
-))

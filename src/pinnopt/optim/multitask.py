@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,13 +54,26 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from pinnopt.optim import aggregators
-from pinnopt.optim.base import Method, MethodSpec, register
-from pinnopt.optim.first_order import SCHEDULES, learning_rate_schedule
+from pinnopt.optim.base import (
+    AGGREGATORS,
+    METHODS,
+    Aggregator,
+    Definition,
+    Method,
+    MethodValue,
+    Optimizer,
+    Setting,
+    method,
+    read_settings,
+    safer_inner,
+)
+from pinnopt.optim.first_order import Schedule, adam, sgd
 from pinnopt.residuals import Batch, Objective
 
 TASK_SPLITS = ("groups", "roles", "eps-decades", "eps-values",
                "groups+eps-decades", "groups+eps-values")
-OPTIMIZERS = ("adam", "sgd")
+TaskSplitName = Literal["groups", "roles", "eps-decades", "eps-values",
+                        "groups+eps-decades", "groups+eps-values"]
 EPS_COORD = "eps"
 # A point at a decade boundary 10^k belongs to the decade that starts there, despite round-off
 # in log10.
@@ -307,17 +320,6 @@ class MultitaskState(NamedTuple):
     previous_losses: jax.Array
 
 
-def _optimizer(name: str, lr, schedule, decay_rate, decay_steps, b1, b2, eps, momentum):
-    sched = learning_rate_schedule(lr, schedule, decay_rate, decay_steps)
-    if name == "adam":
-        return optax.adam(sched, b1=b1, b2=b2, eps=eps)
-    if name == "sgd":
-        if momentum < 0:
-            raise ValueError(f"momentum must be non-negative, got {momentum}")
-        return optax.sgd(sched, momentum=momentum if momentum > 0 else None)
-    raise ValueError(f"optimizer={name!r} is unknown; choose from {', '.join(OPTIMIZERS)}")
-
-
 def _cosines(grads: jax.Array, update: jax.Array) -> jax.Array:
     """Smallest cosine between ``update`` and a nonzero task gradient (1 if there is none)."""
     units, active = aggregators.unit_rows(grads)
@@ -326,67 +328,123 @@ def _cosines(grads: jax.Array, update: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(active, cos, 1.0))
 
 
-def multitask_method(objective: Objective, aggregator: str, tasks: str, optimizer: str,
-                     lr: float, schedule: str, decay_rate: float, decay_steps: int,
-                     b1: float, b2: float, eps: float, momentum: float,
-                     aggregator_hparams: dict[str, Any] | None = None) -> Method:
-    """Aggregator ``aggregator`` over the task split ``tasks``, feeding optax ``optimizer``
-    (``lr`` ... ``momentum`` configure the optimiser; ``aggregator_hparams`` are passed to the
-    aggregator, e.g. ``{"kappa": 0.5}`` for ``hrgrad``)."""
-    aggregator_hparams = dict(aggregator_hparams or {})
-    if aggregator not in aggregators.AGGREGATORS:
-        raise ValueError(f"unknown aggregator {aggregator!r}; choose from "
-                         f"{', '.join(aggregators.AGGREGATORS)}")
+# ---------------------------------------------------------------------------------------------
+# Aggregators as values
+
+
+class AggregatorFns(NamedTuple):
+    """A built aggregator.
+
+    ``init(m, D, dtype)``: its state (``()`` if stateless). ``aggregate(grads, state, key)``:
+    ``(update (D,), state, info)`` from the task gradients ``(m, D)``, or, when ``one_task`` is
+    set, from the gradient ``(D,)`` of the task ``one_task(state)`` alone (one backward pass
+    per step). ``aggregated(state)``: the ``(m, D)`` vectors it actually combined, when they are
+    not the raw task gradients (their conflict is reported).
+    """
+
+    init: Callable[[int, int, Any], Any]
+    aggregate: Callable[[jax.Array, Any, jax.Array], tuple[jax.Array, Any, dict]]
+    one_task: Callable[[Any], jax.Array] | None = None
+    aggregated: Callable[[Any], jax.Array] | None = None
+
+
+def _stateless(fn) -> AggregatorFns:
+    def aggregate(grads, state, key):
+        update, info = fn(grads, key)
+        return update, state, info
+
+    return AggregatorFns(lambda m, d, dtype: (), aggregate)
+
+
+@method("sum", "plain sum of the task gradients", namespace="aggregator")
+def sum_() -> AggregatorFns:
+    return _stateless(lambda g, key: aggregators.sum_aggregate(g))
+
+
+@method("pcgrad", "PCGrad: project away conflicting components", namespace="aggregator")
+def pcgrad() -> AggregatorFns:
+    return _stateless(aggregators.pcgrad)
+
+
+@method("mgda", "MGDA: min-norm point of the task gradients' hull", namespace="aggregator")
+def mgda() -> AggregatorFns:
+    return _stateless(lambda g, key: aggregators.mgda(g))
+
+
+@method("config", "ConFIG: equal cosine to every task gradient", namespace="aggregator")
+def config() -> AggregatorFns:
+    return _stateless(lambda g, key: aggregators.config(g))
+
+
+@method("hrgrad", "HRGrad as reconstructed in METHODS.md §7 (rotated ConFIG)",
+        namespace="aggregator")
+def hrgrad(*, kappa: float = 0.5, max_halvings: int = 4) -> AggregatorFns:
+    if not 0 <= kappa <= 1:
+        raise ValueError(f"hrgrad: kappa must be in [0, 1], got {kappa}")
+    if max_halvings < 0:
+        raise ValueError(f"hrgrad: max_halvings must be >= 0, got {max_halvings}")
+    return _stateless(lambda g, key: aggregators.hrgrad(g, kappa, max_halvings))
+
+
+@method("mconfig", "momentum ConFIG: one task's gradient per step, per-task momenta",
+        namespace="aggregator")
+def mconfig(*, beta1: float = 0.9, beta2: float = 0.999, normalise: bool = True,
+            eps: float = 1e-8) -> AggregatorFns:
+    for key, beta in (("beta1", beta1), ("beta2", beta2)):
+        if not 0 <= beta < 1:
+            raise ValueError(f"mconfig: {key} must be in [0, 1), got {beta}")
+
+    def aggregate(grad, state, key):
+        return aggregators.mconfig_update(grad, state, beta1=beta1, beta2=beta2,
+                                          normalise=normalise, eps=eps)
+
+    def aggregated(state):
+        # The bias-corrected per-task momenta.
+        counts = state.task_counts.astype(state.momenta.dtype)
+        return state.momenta / jnp.where(counts > 0, 1.0 - beta1 ** counts, 1.0)[:, None]
+
+    return AggregatorFns(aggregators.mconfig_init, aggregate, aggregators.mconfig_next_task,
+                         aggregated)
+
+
+# ---------------------------------------------------------------------------------------------
+# The method
+
+
+@method("multitask", "multi-task: per-task gradients combined by an aggregator, applied by an "
+        "optimiser", needs=("groups",), safer=safer_inner("optimizer"))
+def multitask(objective: Objective, *, aggregator: Aggregator = sum_(),
+              optimizer: Optimizer = adam(), tasks: TaskSplitName = "groups") -> Method:
+    """The task gradients of the split ``tasks``, combined by ``aggregator``, applied by
+    ``optimizer`` (a gradient transformation) as if the combination were the gradient."""
     split = make_task_split(objective, tasks)
-    if aggregator == "hrgrad":
-        if not 0 <= aggregator_hparams["kappa"] <= 1:
-            raise ValueError(f"hrgrad: kappa must be in [0, 1], got {aggregator_hparams['kappa']}")
-        if aggregator_hparams["max_halvings"] < 0:
-            raise ValueError(f"hrgrad: max_halvings must be >= 0, got "
-                             f"{aggregator_hparams['max_halvings']}")
-    if aggregator == "mconfig":
-        for key in ("beta1", "beta2"):
-            if not 0 <= aggregator_hparams[key] < 1:
-                raise ValueError(f"mconfig: {key} must be in [0, 1), got {aggregator_hparams[key]}")
-    transform = _optimizer(optimizer, lr, schedule, decay_rate, decay_steps, b1, b2, eps, momentum)
-    aggregate = aggregators.AGGREGATORS[aggregator]
+    transform = optimizer.transform() if isinstance(optimizer, MethodValue) else optimizer
+    agg = aggregator.build(None)
     m = split.m
     dtype = objective.dtype
 
     def init(params):
         flat, _ = ravel_pytree(params)
-        return MultitaskState(
-            transform.init(params),
-            aggregators.init_state(aggregator, m, flat.size, flat.dtype),
-            jnp.zeros(m, dtype),
-        )
+        return MultitaskState(transform.init(params), agg.init(m, flat.size, flat.dtype),
+                              jnp.zeros(m, dtype))
 
-    layout = task_layout(objective, split) if aggregator != "mconfig" else None
+    layout = task_layout(objective, split) if agg.one_task is None else None
 
     def gradients(params, state, batch):
-        if aggregator != "mconfig":
+        if agg.one_task is None:
             return task_gradients(objective, split, params, batch, layout)
-        # M-ConFIG refreshes one task per step: back-propagate only that task.
+        # One task per step: back-propagate only that task.
         flat, unravel = ravel_pytree(params)
         values, pullback = jax.vjp(
             lambda theta: task_losses(objective, split, unravel(theta), batch), flat)
-        task = aggregators.mconfig_next_task(state.aggregator)
-        (grad,) = pullback(jax.nn.one_hot(task, m, dtype=values.dtype))
+        (grad,) = pullback(jax.nn.one_hot(agg.one_task(state.aggregator), m, dtype=values.dtype))
         return values, grad, unravel
 
     def step(params, state, batch, key):
         losses, grads, unravel = gradients(params, state, batch)
-        if aggregator == "mconfig":
-            # One task's gradient (D,), not the registry's (m, D) convention.
-            update, agg_state, agg_info = aggregators.mconfig_update(
-                grads, state.aggregator, **aggregator_hparams)
-            # The aggregated vectors are the bias-corrected momenta: report their conflict.
-            counts = agg_state.task_counts.astype(dtype)
-            grads = agg_state.momenta / jnp.where(
-                counts > 0, 1.0 - aggregator_hparams["beta1"] ** counts, 1.0)[:, None]
-        else:
-            update, agg_state, agg_info = aggregate(
-                grads, state.aggregator, key, **aggregator_hparams)
+        update, agg_state, agg_info = agg.aggregate(grads, state.aggregator, key)
+        if agg.aggregated is not None:
+            grads = agg.aggregated(agg_state)
         updates, opt_state = transform.update(unravel(update), state.optimizer, params)
         previous = state.previous_losses
         rates = jnp.where(previous > 0, (previous - losses) / jnp.where(previous > 0, previous, 1.0), 0.0)
@@ -403,46 +461,37 @@ def multitask_method(objective: Objective, aggregator: str, tasks: str, optimize
 
 
 # ---------------------------------------------------------------------------------------------
-# Registration: one method per aggregator
+# The older names: one method per aggregator, with flat settings
 
 
-_COMMON = {
-    "tasks": "groups", "optimizer": "adam", "lr": 1e-3,
-    "schedule": "constant", "decay_rate": 0.96, "decay_steps": 1000,
-    "b1": 0.9, "b2": 0.999, "eps": 1e-8, "momentum": 0.0,
-}
-_CHOICES = {"tasks": TASK_SPLITS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
-_AGGREGATOR_HPARAMS = {
-    "sum": {},
-    "pcgrad": {},
-    "mgda": {},
-    "config": {},
-    # M-ConFIG's default update is already Adam-scaled (normalise): apply it with plain SGD.
-    "mconfig": {"optimizer": "sgd", "beta1": 0.9, "beta2": 0.999, "normalise": True},
-    "hrgrad": {"kappa": 0.5, "max_halvings": 4},
-}
-_SUMMARIES = {
-    "sum": "multi-task: plain sum of the task gradients",
-    "pcgrad": "multi-task: PCGrad (project away conflicting components)",
-    "mgda": "multi-task: MGDA (min-norm point of the task gradients' hull)",
-    "config": "multi-task: ConFIG (equal cosine to every task gradient)",
-    "mconfig": "multi-task: momentum ConFIG (one task's gradient per step)",
-    "hrgrad": "multi-task: HRGrad as reconstructed in METHODS.md §7 (rotated ConFIG)",
-}
-# Hyper-parameters that belong to the optimiser or the split, not to the aggregator call.
-_METHOD_KEYS = frozenset(_COMMON)
+def _flat_settings(*, tasks: TaskSplitName = "groups", optimizer: Literal["adam", "sgd"] = "adam",
+                   lr: float = 1e-3, schedule: Schedule = "constant", decay_rate: float = 0.96,
+                   decay_steps: int = 1000, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                   momentum: float = 0.0) -> None:
+    """The flat settings every aggregator name took: the split and the optimiser's."""
 
 
-def _factory(aggregator: str):
-    def build(objective: Objective, **hparams) -> Method:
-        common = {k: hparams.pop(k) for k in _METHOD_KEYS}
-        if aggregator == "mconfig":
-            hparams["eps"] = common["eps"]  # the ε of its Adam-style denominator
-        return multitask_method(objective, aggregator, **common, aggregator_hparams=hparams)
+def _expand(aggregator: Definition, flat: dict[str, Any]) -> MethodValue:
+    schedule = {k: flat[k] for k in ("lr", "schedule", "decay_rate", "decay_steps")}
+    if flat["optimizer"] == "adam":
+        optimizer = adam(**schedule, b1=flat["b1"], b2=flat["b2"], eps=flat["eps"])
+    else:
+        optimizer = sgd(**schedule, momentum=flat["momentum"])
+    own = aggregator(**{k: flat[k] for k in aggregator.settings})
+    return multitask(aggregator=own, optimizer=optimizer, tasks=flat["tasks"])
 
-    build.__name__ = f"{aggregator}_method"
-    return build
+
+def _register_aliases() -> None:
+    common = read_settings(_flat_settings, skip_first=False)
+    for name, definition in AGGREGATORS.items():
+        settings = {**common, **definition.settings}
+        if name == "mconfig":
+            # Its update is already Adam-scaled (normalise): applied with plain SGD.
+            settings["optimizer"] = Setting("optimizer", str, "sgd", ("adam", "sgd"))
+        METHODS[name] = Definition(
+            name, "method", lambda target, _agg=definition, **flat: _expand(_agg, flat),
+            f"multi-task: {definition.summary} (multitask with aggregator={name})",
+            settings, alias=True)
 
 
-for _name, _extra in _AGGREGATOR_HPARAMS.items():
-    register(MethodSpec(_name, _factory(_name), {**_COMMON, **_extra}, _SUMMARIES[_name], _CHOICES))
+_register_aliases()
