@@ -1,12 +1,18 @@
-"""Benchmark suites: tables, figures, resumption and ``include`` of other suites."""
+"""Benchmark suites: tables, figures, resumption, ``include`` of other suites, ``seeds`` lists,
+parallel runs (``jobs``) and the recorded suites' run names."""
 
 import csv
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 
 from pinnopt import bench
 from pinnopt.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
 
 RUN = """
 [[runs]]
@@ -42,6 +48,8 @@ def test_include_copies_completed_runs_and_adds_its_own(tmp_path, monkeypatch):
     assert (ext / "error_vs_time_g.png").exists()
     machine = json.loads((ext / "machine.json").read_text())
     assert 1 <= machine["cores_used"] <= machine["cores"]
+    assert machine["device_kind"] == "cpu" and machine["jaxlib"]
+    assert "gpu_driver" not in machine and "cuda" not in machine  # GPU fields: only on a GPU
 
 
 def test_include_retrains_when_the_configuration_differs(tmp_path, monkeypatch):
@@ -92,3 +100,121 @@ def test_bad_includes_are_one_line_errors(tmp_path, monkeypatch):
     write(tmp_path, "missing", 'include = "nowhere"\n')
     with pytest.raises(ConfigError, match="unknown suite 'nowhere'"):
         bench.load_suite(bench.find_suite("missing"))
+
+
+SEEDED = """
+[defaults]
+steps = 5
+[[runs]]
+name = "a"
+group = "g"
+problem = "poisson"
+problem_options = { dim = 2, n_interior = 16, n_boundary = 8 }
+net = "2-4-1"
+method = "adam"
+seeds = [0, 1]
+[[runs]]
+name = "b"
+problem = "poisson"
+problem_options = { dim = 2, n_interior = 16, n_boundary = 8 }
+net = "2-4-1"
+method = "sgd"
+seed = 3
+"""
+
+
+def test_seeds_expand_into_one_run_per_seed_ordered_seed_by_seed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "seeded", SEEDED.replace("seeds = [0, 1]", "seeds = [4, 0, 7]"))
+    _, runs = bench.load_suite(bench.find_suite("seeded"))
+    assert [(r.name, r.group, r.config.seed) for r in runs] == [
+        ("a-s4", "g-s4", 4), ("b", "b", 3), ("a-s0", "g-s0", 0), ("a-s7", "g-s7", 7)]
+    assert {r.config.method for r in runs[::2]} == {"adam"}
+
+
+@pytest.mark.parametrize("seeds", ["[]", "[0, 0]", '"0, 1"', "[-1]", "[1.5]", "[true]",
+                                   "[0]\nseed = 1"])
+def test_a_malformed_seeds_list_is_a_one_line_error(tmp_path, monkeypatch, seeds):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "bad", SEEDED.replace("seeds = [0, 1]", f"seeds = {seeds}"))
+    with pytest.raises(ConfigError, match="suite run 'a': ") as err:
+        bench.load_suite(bench.find_suite("bad"))
+    assert "\n" not in str(err.value)
+
+
+def test_seed_runs_must_not_clash_with_other_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "clash", SEEDED.replace('name = "b"', 'name = "a-s1"'))
+    with pytest.raises(ConfigError, match="'a-s1' twice"):
+        bench.load_suite(bench.find_suite("clash"))
+
+
+def untimed(run_dir):
+    """A run's history without its wall-clock times."""
+    return [{k: v for k, v in row.items() if k != "time"}
+            for row in bench.read_history(run_dir)]
+
+
+TIMING = ("train_time_s", "ms_per_step")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_two_jobs_give_the_results_of_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "seeded", SEEDED)
+    serial = bench.run_suite("seeded", progress=False, out=tmp_path / "serial")
+    parallel = bench.run_suite("seeded", progress=False, out=tmp_path / "parallel", jobs=2)
+    strip = lambda table: [{k: v for k, v in r.items() if k not in TIMING} for r in table]
+    assert strip(rows(parallel)) == strip(rows(serial))
+    assert [r["name"] for r in rows(parallel)] == ["a-s0", "b", "a-s1"]
+    for name in ("a-s0", "a-s1", "b"):
+        assert untimed(parallel / "runs" / name) == untimed(serial / "runs" / name)
+        log = (parallel / "runs" / f"{name}.log").read_text()
+        assert log.startswith(f"--- training {name} on core ") and "completed" in log
+    finished = [line for line in capsys.readouterr().out.splitlines() if "completed: 5 steps" in line]
+    assert len(finished) == 3 and all(line.startswith("[") for line in finished)
+    assert (parallel / "error_vs_time_g-s0.png").exists() and (parallel / "error_vs_time_b.png").exists()
+
+
+def test_a_partial_suite_trains_only_what_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "seeded", SEEDED)
+    out = bench.run_suite("seeded", progress=False)
+    before = {name: untimed(out / "runs" / name) for name in ("a-s0", "a-s1", "b")}
+    kept = (out / "runs" / "b" / "history.jsonl").stat().st_mtime_ns
+    # As a kill leaves it: a-s1 never started, a-s0 stopped after its last checkpoint.
+    shutil.rmtree(out / "runs" / "a-s1")
+    summary = json.loads((out / "runs" / "a-s0" / "summary.json").read_text())
+    (out / "runs" / "a-s0" / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    _, runs = bench.load_suite(bench.find_suite("seeded"))
+    for run in runs:
+        run.config.plots = False
+    assert bench.plan(out, "seeded", runs) == [bench.RESUME, bench.KEEP, bench.TRAIN]
+    capsys.readouterr()
+    bench.run_suite("seeded", progress=False, dry_run=True)
+    assert capsys.readouterr().out.splitlines()[-1] == f"2 of 3 runs would train, in {Path('benchmarks/results/seeded')}"
+    bench.run_suite("seeded", progress=False)
+    assert (out / "runs" / "b" / "history.jsonl").stat().st_mtime_ns == kept
+    assert {name: untimed(out / "runs" / name) for name in before} == before
+    assert {r["status"] for r in rows(out)} == {"completed"}
+
+
+@pytest.mark.parametrize("suite", sorted(p.stem for p in (REPO / "benchmarks" / "suites").glob("*.toml")))
+def test_recorded_suites_expand_to_the_runs_of_their_results(suite, monkeypatch):
+    monkeypatch.chdir(REPO)
+    recorded = {r["name"]: r for r in rows(REPO / "benchmarks" / "results" / suite)}
+    _, runs = bench.load_suite(bench.find_suite(suite))
+    assert sorted(r.name for r in runs) == sorted(recorded)
+    for run in runs:
+        row = recorded[run.name]
+        assert (run.group, run.config.problem, run.config.method) == (
+            row["group"], row["problem"], row["method"])
+        assert json.loads(row["hparams"]) == run.config.hparams
+
+
+def test_more_jobs_than_cores_is_a_one_line_error():
+    cores = len(os.sched_getaffinity(0))
+    with pytest.raises(ConfigError, match=f"--jobs {cores + 1}, but this process may use only"):
+        bench._cores(cores + 1)
+    with pytest.raises(ConfigError, match="at least 1"):
+        bench._cores(0)
