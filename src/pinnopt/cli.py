@@ -172,8 +172,29 @@ def cmd_train(args) -> int:
     return EXIT_DIVERGED if summary["status"] == "diverged" else 0
 
 
+def describe_methods() -> str:
+    """Every method, alias and aggregator with its settings (name: type = default), read from
+    the builders' signatures."""
+    from pinnopt.optim import AGGREGATORS, METHODS
+
+    def block(definitions, title):
+        lines = [title]
+        for name in sorted(definitions):
+            d = definitions[name]
+            lines.append(f"  {name:<14} {d.summary}")
+            lines.extend(f"  {'':<14}   {s.describe()}" for s in d.settings.values())
+        return lines
+
+    methods = {n: d for n, d in METHODS.items() if not d.alias}
+    aliases = {n: d for n, d in METHODS.items() if d.alias}
+    lines = block(methods, "methods (settings: type = default; compose with --opt inner=NAME "
+                           "--opt inner.KEY=VALUE):")
+    lines += block(aliases, "older names (flat settings, expanded to the methods above):")
+    lines += block(AGGREGATORS, "aggregators (for multitask: --opt aggregator=NAME):")
+    return "\n".join(lines)
+
+
 def cmd_list(args) -> int:
-    from pinnopt.optim import METHODS
     from pinnopt.problems import PROBLEMS, problem_options
 
     if args.what in (None, "problems"):
@@ -182,11 +203,7 @@ def cmd_list(args) -> int:
             opts = ", ".join(f"{k}={v!r}" for k, v in problem_options(name).items())
             print(f"  {name:<14} {opts}")
     if args.what in (None, "methods"):
-        print("methods (hyper-parameters and defaults):")
-        for name in sorted(METHODS):
-            spec = METHODS[name]
-            hp = ", ".join(f"{k}={v!r}" for k, v in spec.hparams.items())
-            print(f"  {name:<14} {spec.summary}\n  {'':<14} {hp}")
+        print(describe_methods())
     return 0
 
 

@@ -108,6 +108,14 @@ class RunConfig:
         methods), whether given as a name and settings, a table with a name, or a value."""
         if not isinstance(self.hparams, dict):
             raise ConfigError(f"hparams must be a table of settings, got {self.hparams!r}")
+        try:
+            method, hparams = self._method_and_settings()
+            value = configured_value(method, {k: to_tree(v) for k, v in hparams.items()})
+            self.method, self.hparams = as_config(value)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    def _method_and_settings(self) -> tuple[str, dict[str, Any]]:
         method, hparams = self.method, dict(self.hparams)
         if isinstance(method, MethodValue):
             method, given = as_config(method)
@@ -116,16 +124,12 @@ class RunConfig:
             table = dict(method)
             method = table.pop("name", None)
             if not isinstance(method, str):
-                raise ConfigError("a [method] table needs name = \"<method>\"")
+                raise ValueError("a [method] table needs name = \"<method>\"")
             hparams = {**table, **hparams}
         if not isinstance(method, str) or method not in METHODS:
-            raise ConfigError(
+            raise ValueError(
                 f"method={method!r} is unknown; choose from {', '.join(sorted(METHODS))}")
-        try:
-            value = configured_value(method, {k: to_tree(v) for k, v in hparams.items()})
-            self.method, self.hparams = as_config(value)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        return method, hparams
 
     @property
     def method_value(self) -> MethodValue:

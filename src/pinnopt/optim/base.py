@@ -251,10 +251,12 @@ class MethodValue:
                 yield path, value
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, MethodValue) and self.tree() == other.tree()
+        """Same method, same settings (explicit or by default)."""
+        return (isinstance(other, MethodValue) and self.definition is other.definition
+                and self.settings == other.settings)
 
     def __hash__(self) -> int:
-        return hash(repr(self))
+        return hash(self.name)
 
     def __repr__(self) -> str:
         if "phases" in self.explicit:
@@ -402,12 +404,11 @@ def resolve(spec: Any, namespace: str = "method", default: MethodValue | None = 
     if isinstance(spec, Mapping):
         table = dict(spec)
         name = table.pop("name", None)
-        if name is None:
-            if default is None:
-                raise ValueError(f"{where}a {namespace} table needs a name")
-            return make_value(default.definition, {**default.explicit, **table}, where)
-        if default is not None and name == default.name:
-            return make_value(default.definition, {**default.explicit, **table}, where)
+        if name is None and default is None:
+            raise ValueError(f"{where}a {namespace} table needs a name")
+        if name is None or (default is not None and name == default.name):
+            return make_value(default.definition, {**default.explicit, **table},
+                              f"{where}{default.name}: ")
         return make_value(lookup(name, namespace), table, f"{where}{name}: ")
     raise ValueError(f"{where}expected a {namespace} (a name, a table or a value), got {spec!r}")
 
