@@ -340,12 +340,15 @@ def _run_parallel(out: Path, work: list[tuple[SuiteRun, str]], cores: list[int])
                 if status is None:
                     failed.append(job.run.name)
     except KeyboardInterrupt:
-        # The terminal's Ctrl-C reached the workers too; they checkpoint and stop.
-        for job in active:
-            job.process.send_signal(signal.SIGINT)
-        for job in active:
-            job.process.wait()
-            job.log.close()
+        # Workers checkpoint and stop on SIGINT. One still starting up can miss it (before
+        # its trainer listens), so it is repeated until every worker has stopped.
+        while active:
+            for job in active:
+                job.process.send_signal(signal.SIGINT)
+            time.sleep(2.0)
+            for job in [j for j in active if j.process.poll() is not None]:
+                active.remove(job)
+                job.log.close()
         return True
     finally:
         signal.signal(signal.SIGTERM, previous)
