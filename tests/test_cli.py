@@ -49,6 +49,13 @@ BAD = [
     (["predict", "/", "--points", "x.npy"], "not a pinnopt run"),
     (["bench", "no-such-suite"], "unknown suite"),
     (["frobnicate"], "invalid choice"),
+    (["train", "--problem-opt", "n_interior=1.5"], "n_interior=1.5 is not a valid int"),
+    (["train", "--problem", "heat", "--problem-opt", "n_interior=1.5"],
+     "problem 'heat': n_interior=1.5 is not a valid int"),
+    (["train", "--problem-opt", "n_interior=abc"], "n_interior='abc' is not a valid int"),
+    (["train", "--problem-opt", "resample=maybe"], "resample='maybe' is not a valid bool"),
+    (["train", "--problem", "transport", "--problem-opt", "eps_range=[1e-3]"], "eps_range"),
+    (["train", "--time", "soon"], "expected seconds or 'none'"),
 ]
 
 
@@ -139,3 +146,50 @@ def test_console_script_runs_without_traceback(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("text,expected", [("False", False), ("no", False), ("true", True),
+                                           ("yes", True)])
+def test_boolean_problem_options_mean_what_they_say(text, expected):
+    from pinnopt.cli import _config_from_args, build_parser
+
+    for problem in ("poisson", "helmholtz", "transport"):
+        args = build_parser().parse_args(
+            ["train", "--problem", problem, "--problem-opt", f"resample={text}"])
+        config = _config_from_args(args)
+        assert config.problem_options["resample"] is expected
+        assert config.build_problem().resample is expected
+
+
+def test_out_naming_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me")
+    code, _, err = run_cli(["train", "--out", str(target), *SMALL], capsys)
+    assert code == 2 and "is a file" in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "keep me"
+
+
+def test_time_none_switches_the_time_budget_off_and_help_shows_defaults(tmp_path, capsys):
+    out = tmp_path / "r"
+    code, stdout, _ = run_cli(["train", "--method", "adam", "--steps", "3", "--time", "none",
+                               "--out", str(out), *SMALL], capsys)
+    assert code == 0 and "3 steps or no time limit" in stdout
+    assert json.loads((out / "config.json").read_text())["time_budget"] is None
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "(default 100000)" in text and "default 60" in text and "'none'" in text
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("pinnopt 0.")
+
+
+def test_a_closed_pipe_is_one_line_not_a_traceback(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(f"{sys.executable} -m pinnopt list | head -1", shell=True,
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 1, proc.stderr

@@ -14,6 +14,7 @@ Bad input gets one line on stderr and exit code 2; a diverged run exits with 3.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -21,6 +22,20 @@ from typing import Any, Sequence
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+
+
+class _Defaults:
+    """RunConfig's defaults, read from the dataclass without importing JAX for ``--help``."""
+
+    def __getattr__(self, name: str):
+        from dataclasses import fields
+
+        from pinnopt.config import RunConfig
+
+        return {f.name: f.default for f in fields(RunConfig)}[name]
+
+
+DEFAULTS = _Defaults()
 
 
 class UsageError(Exception):
@@ -50,8 +65,24 @@ def _key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+NO_TIME_LIMIT = "none"
+
+
+def _time_budget(text: str) -> float | str:
+    """``--time``: seconds, or ``none`` for no time limit."""
+    if text.strip().lower() == NO_TIME_LIMIT:
+        return NO_TIME_LIMIT
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'none', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pinnopt._version import __version__
+
     parser = _Parser(prog="pinnopt", description="Train physics-informed neural networks to high accuracy.")
+    parser.add_argument("--version", action="version", version=f"pinnopt {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     tr = sub.add_parser("train", help="train a problem (default: 2d Poisson)")
@@ -66,12 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=float, help="learning rate (methods that have one)")
     tr.add_argument("--opt", action="append", metavar="KEY=VALUE",
                     help="method hyper-parameter, e.g. damping=1e-10 (repeatable)")
-    tr.add_argument("--steps", type=int, help="step budget")
-    tr.add_argument("--time", type=float, dest="time_budget", help="training-time budget in seconds")
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--dtype", help="float64 (default) or float32")
-    tr.add_argument("--eval-ratio", type=float, help="geometric evaluation schedule factor (1.1)")
-    tr.add_argument("--checkpoint-every", type=float, help="seconds between checkpoints (30)")
+    tr.add_argument("--steps", type=int, help=f"step budget (default {DEFAULTS.steps})")
+    tr.add_argument("--time", type=_time_budget, dest="time_budget", metavar="SECONDS|none",
+                    help=f"training-time budget in seconds, or 'none' for no time limit (default "
+                         f"{DEFAULTS.time_budget:g}; training stops at --steps or --time, "
+                         f"whichever comes first)")
+    tr.add_argument("--seed", type=int, help=f"random seed (default {DEFAULTS.seed})")
+    tr.add_argument("--dtype", help=f"float64 or float32 (default {DEFAULTS.dtype})")
+    tr.add_argument("--eval-ratio", type=float,
+                    help=f"geometric evaluation schedule factor (default {DEFAULTS.eval_ratio})")
+    tr.add_argument("--checkpoint-every", type=float,
+                    help=f"seconds between checkpoints (default {DEFAULTS.checkpoint_every:g})")
     tr.add_argument("--on-divergence", choices=("retry", "stop"),
                     help="after NaN/Inf: retry the step with safer settings (default) or stop")
     tr.add_argument("--resample-every", type=int, metavar="K",
@@ -139,7 +175,7 @@ def _config_from_args(args) -> "RunConfig":
                 "resample_every"):
         value = getattr(args, key)
         if value is not None:
-            data[key] = value
+            data[key] = None if value == NO_TIME_LIMIT else value
     options = dict(data.get("problem_options", {}))
     if args.dim is not None:
         options["dim"] = args.dim
@@ -168,6 +204,12 @@ def cmd_train(args) -> int:
                          progress=progress, devices=args.devices)
     else:
         config = _config_from_args(args)
+        if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+            raise UsageError(f"--out {args.out} is a file, not a run directory; choose another --out")
+        time = ("no time limit" if config.time_budget is None
+                else f"{config.time_budget:g} s of training time")
+        print(f"budget: {config.steps} steps or {time}, whichever comes first "
+              f"(--steps, --time SECONDS|none)")
         summary = train(config, out=args.out, progress=progress, overwrite=args.overwrite)
     return EXIT_DIVERGED if summary["status"] == "diverged" else 0
 
@@ -195,12 +237,13 @@ def describe_methods() -> str:
 
 
 def cmd_list(args) -> int:
-    from pinnopt.problems import PROBLEMS, problem_options
+    from pinnopt.problems import PROBLEMS, problem_option_types, problem_options
 
     if args.what in (None, "problems"):
         print("problems (options and defaults):")
         for name in sorted(PROBLEMS):
-            opts = ", ".join(f"{k}={v!r}" for k, v in problem_options(name).items())
+            types = problem_option_types(name)
+            opts = ", ".join(f"{k}: {types[k]} = {v!r}" for k, v in problem_options(name).items())
             print(f"  {name:<14} {opts}")
     if args.what in (None, "methods"):
         print(describe_methods())
@@ -299,6 +342,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pinnopt: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``pinnopt list | head``): nothing more can be shown. Point
+        # stdout at /dev/null so that the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("pinnopt: error: output closed before it was all written (broken pipe)",
+              file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 from pinnopt.nets import ACTIVATIONS, MLP, parse_net
 from pinnopt.optim import METHODS, MethodValue, configured_value
 from pinnopt.optim.base import as_config, to_tree
-from pinnopt.problems import PROBLEMS, Problem, make_problem, problem_options
+from pinnopt.problems import PROBLEMS, Problem, check_options, make_problem
 
 DTYPES = ("float64", "float32")
 DEFAULT_METHOD = "lbfgs"
@@ -71,12 +71,12 @@ class RunConfig:
             raise ConfigError(
                 f"problem={self.problem!r} is unknown; choose from {', '.join(sorted(PROBLEMS))}"
             )
-        accepted = problem_options(self.problem)
-        for key in self.problem_options:
-            if key not in accepted:
-                raise ConfigError(
-                    f"problem {self.problem!r} has no option {key!r}; accepted: {', '.join(accepted)}"
-                )
+        if not isinstance(self.problem_options, dict):
+            raise ConfigError(f"problem_options must be a table, got {self.problem_options!r}")
+        try:
+            self.problem_options = check_options(self.problem, self.problem_options)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         self._canonical_method()
         if self.activation not in ACTIVATIONS:
             raise ConfigError(

@@ -41,7 +41,6 @@ error naming why.
 from __future__ import annotations
 
 import inspect
-import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Annotated, Callable, Literal, Mapping, NamedTuple
@@ -50,6 +49,7 @@ import jax
 import optax
 
 from pinnopt.nets import Params
+from pinnopt.settings import coerce as coerce_typed
 from pinnopt.residuals import Batch, Objective
 
 NEEDS = ("loss", "residuals", "groups")
@@ -420,32 +420,7 @@ def coerce(setting: Setting, value: Any, where: str = "") -> Any:
         return _coerce_slot(setting, value, where)
     if kind == "phases":
         return _coerce_phases(value, f"{where}phases")
-    try:
-        if kind is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                value = value.lower() in ("true", "1", "yes")
-            elif not isinstance(value, bool):
-                raise ValueError
-        elif kind is int:
-            if isinstance(value, bool):
-                raise ValueError
-            as_float = float(value)
-            if as_float != int(as_float):
-                raise ValueError
-            value = int(as_float)
-        elif kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            value = float(value)
-            if math.isnan(value):
-                raise ValueError
-        elif kind is str and not isinstance(value, str):
-            raise ValueError
-    except (ValueError, TypeError, OverflowError):
-        name = "str" if kind is str else kind.__name__
-        raise ValueError(f"{where}{key}={value!r} is not a valid {name}") from None
+    value = coerce_typed(kind, value, f"{where}{key}")
     if setting.choices and value not in setting.choices:
         raise ValueError(f"{where}{key}={value!r} not one of {', '.join(setting.choices)}")
     return value

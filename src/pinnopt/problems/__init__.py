@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable
+from typing import Any, Callable
 
 from pinnopt.problems.base import Problem
+from pinnopt.settings import coerce, signature_types, type_name
 from pinnopt.problems.bgk import bgk
 from pinnopt.problems.cavity import cavity
 from pinnopt.problems.composite_heat import composite_heat
@@ -42,21 +42,32 @@ def register_problem(name: str, factory: Callable[..., Problem]) -> None:
 
 def problem_options(name: str) -> dict[str, object]:
     """The options a problem factory accepts, with their defaults."""
-    sig = inspect.signature(PROBLEMS[name])
-    return {p.name: p.default for p in sig.parameters.values()}
+    return {key: default for key, (_, default) in signature_types(PROBLEMS[name]).items()}
+
+
+def problem_option_types(name: str) -> dict[str, str]:
+    """The annotated type of each option, as text (``int | None``)."""
+    return {key: type_name(hint) for key, (hint, _) in signature_types(PROBLEMS[name]).items()}
+
+
+def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` converted to the types the factory's signature annotates; an unknown
+    option or a value of the wrong type raises ``ValueError`` with one line."""
+    if name not in PROBLEMS:
+        raise ValueError(f"unknown problem {name!r}; choose from {', '.join(sorted(PROBLEMS))}")
+    accepted = signature_types(PROBLEMS[name])
+    out = {}
+    for key, value in options.items():
+        if key not in accepted:
+            raise ValueError(
+                f"problem {name!r} has no option {key!r}; accepted: {', '.join(accepted)}")
+        out[key] = coerce(accepted[key][0], value, f"problem {name!r}: {key}")
+    return out
 
 
 def make_problem(name: str, **options) -> Problem:
     """Build a registered problem; unknown names or options raise ``ValueError``."""
-    if name not in PROBLEMS:
-        raise ValueError(f"unknown problem {name!r}; choose from {', '.join(sorted(PROBLEMS))}")
-    accepted = problem_options(name)
-    for key in options:
-        if key not in accepted:
-            raise ValueError(
-                f"problem {name!r} has no option {key!r}; accepted: {', '.join(accepted)}"
-            )
-    return PROBLEMS[name](**options)
+    return PROBLEMS[name](**check_options(name, options))
 
 
 __all__ = ["PROBLEMS", "Problem", "make_problem", "problem_options", "register_problem",
