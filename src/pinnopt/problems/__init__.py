@@ -67,7 +67,8 @@ def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
 
 def make_problem(name: str, **options) -> Problem:
     """Build a registered problem; unknown names or options raise ``ValueError``."""
-    return PROBLEMS[name](**check_options(name, options))
+    options = check_options(name, options)
+    return PROBLEMS[name](**options)
 
 
 __all__ = ["PROBLEMS", "Problem", "make_problem", "problem_options", "register_problem",
