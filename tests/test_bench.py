@@ -13,6 +13,7 @@ from pinnopt import bench
 from pinnopt.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
+SUITES = sorted(p.stem for p in (REPO / "benchmarks" / "suites").glob("*.toml"))
 
 RUN = """
 [[runs]]
@@ -158,22 +159,28 @@ def untimed(run_dir):
 TIMING = ("train_time_s", "ms_per_step")
 
 
+def untimed_rows(table):
+    """A results table without its timing columns."""
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in table]
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
 def test_two_jobs_give_the_results_of_one(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     write(tmp_path, "seeded", SEEDED)
     serial = bench.run_suite("seeded", progress=False, out=tmp_path / "serial")
     parallel = bench.run_suite("seeded", progress=False, out=tmp_path / "parallel", jobs=2)
-    strip = lambda table: [{k: v for k, v in r.items() if k not in TIMING} for r in table]
-    assert strip(rows(parallel)) == strip(rows(serial))
+    assert untimed_rows(rows(parallel)) == untimed_rows(rows(serial))
     assert [r["name"] for r in rows(parallel)] == ["a-s0", "b", "a-s1"]
     for name in ("a-s0", "a-s1", "b"):
         assert untimed(parallel / "runs" / name) == untimed(serial / "runs" / name)
         log = (parallel / "runs" / f"{name}.log").read_text()
         assert log.startswith(f"--- training {name} on core ") and "completed" in log
-    finished = [line for line in capsys.readouterr().out.splitlines() if "completed: 5 steps" in line]
+    lines = capsys.readouterr().out.splitlines()
+    finished = [line for line in lines if "completed: 5 steps" in line]
     assert len(finished) == 3 and all(line.startswith("[") for line in finished)
-    assert (parallel / "error_vs_time_g-s0.png").exists() and (parallel / "error_vs_time_b.png").exists()
+    assert (parallel / "error_vs_time_g-s0.png").exists()
+    assert (parallel / "error_vs_time_b.png").exists()
 
 
 def test_a_partial_suite_trains_only_what_is_missing(tmp_path, monkeypatch, capsys):
@@ -185,21 +192,23 @@ def test_a_partial_suite_trains_only_what_is_missing(tmp_path, monkeypatch, caps
     # As a kill leaves it: a-s1 never started, a-s0 stopped after its last checkpoint.
     shutil.rmtree(out / "runs" / "a-s1")
     summary = json.loads((out / "runs" / "a-s0" / "summary.json").read_text())
-    (out / "runs" / "a-s0" / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    summary["status"] = "interrupted"
+    (out / "runs" / "a-s0" / "summary.json").write_text(json.dumps(summary))
     _, runs = bench.load_suite(bench.find_suite("seeded"))
     for run in runs:
         run.config.plots = False
     assert bench.plan(out, "seeded", runs) == [bench.RESUME, bench.KEEP, bench.TRAIN]
     capsys.readouterr()
     bench.run_suite("seeded", progress=False, dry_run=True)
-    assert capsys.readouterr().out.splitlines()[-1] == f"2 of 3 runs would train, in {Path('benchmarks/results/seeded')}"
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"2 of 3 runs would train, in {Path('benchmarks', 'results', 'seeded')}"
     bench.run_suite("seeded", progress=False)
     assert (out / "runs" / "b" / "history.jsonl").stat().st_mtime_ns == kept
     assert {name: untimed(out / "runs" / name) for name in before} == before
     assert {r["status"] for r in rows(out)} == {"completed"}
 
 
-@pytest.mark.parametrize("suite", sorted(p.stem for p in (REPO / "benchmarks" / "suites").glob("*.toml")))
+@pytest.mark.parametrize("suite", SUITES)
 def test_recorded_suites_expand_to_the_runs_of_their_results(suite, monkeypatch):
     monkeypatch.chdir(REPO)
     recorded = {r["name"]: r for r in rows(REPO / "benchmarks" / "results" / suite)}
