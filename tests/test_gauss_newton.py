@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pinnopt.optim import gauss_newton
+
 import pinnopt  # noqa: F401  (float64)
 from pinnopt.nets import MLP
 from pinnopt.optim import METHODS, make_method
@@ -328,6 +330,19 @@ def test_memory_guard_raises_a_clear_error():
     # With room for it the same step compiles (tracing is where the guard sits).
     method = make_method("engd", objective, variant="full", max_memory_gb=1.0)
     jax.jit(method.step).lower(params, method.init(params), batch, key)
+
+
+def test_the_memory_message_suggests_only_what_fits():
+    """The way out names the variants whose estimate fits, never the one that failed."""
+    sizes, n, gb = [10_000, 10_000], 50_000, 22.0  # D = 20,000, N = 50,000 in float64
+    woodbury = gauss_newton.engd_memory_bytes("woodbury", n, sizes, 8)
+    layer = gauss_newton.engd_memory_bytes("layer", n, sizes, 8)
+    assert layer <= gb * 1e9 < woodbury
+    message = gauss_newton.too_large_message("woodbury", n, sizes, 8, gb)
+    assert "variant=layer" in message and "variant=woodbury" not in message
+    assert "variant=full" not in message  # 3·D² more than layer: over the limit too
+    none_fit = gauss_newton.too_large_message("full", n, sizes, 8, 1.0)
+    assert "no ENGD variant fits" in none_fit and "hessian-free" in none_fit
 
 
 def test_registered_hyperparameters_are_validated():

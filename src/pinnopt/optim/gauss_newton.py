@@ -128,6 +128,23 @@ def engd_memory_bytes(variant: str, n: int, sizes: list[int], itemsize: int) -> 
     return itemsize * (2 * n * d + 3 * sum(k * k for k in systems))
 
 
+def too_large_message(variant: str, n: int, sizes: list[int], itemsize: int,
+                      max_memory_gb: float) -> str:
+    """Why an ENGD step does not fit, and what does: the other variants whose estimate fits
+    in ``max_memory_gb``, else the matrix-free methods."""
+    d = sum(sizes)
+    needed = engd_memory_bytes(variant, n, sizes, itemsize)
+    fits = [f"variant={v} (~{engd_memory_bytes(v, n, sizes, itemsize) / 1e9:.2g} GB)"
+            for v in ("woodbury", "layer", "full") if v != variant
+            and engd_memory_bytes(v, n, sizes, itemsize) <= max_memory_gb * 1e9]
+    way_out = (f"use {' or '.join(fits)}, " if fits else
+               "no ENGD variant fits (the Jacobian alone is N x D); ")
+    return (f"engd ({variant}): D = {d} parameters and N = {n} residuals need about "
+            f"{needed / 1e9:.3g} GB, over max_memory_gb = {max_memory_gb:g}; {way_out}"
+            f"or fewer points, a larger max_memory_gb if the machine has it, or a matrix-free "
+            f"method (hessian-free, kfac-star)")
+
+
 def resolve_variant(variant: str, n: int, d: int) -> str:
     """``auto`` becomes ``woodbury`` for fewer residuals than parameters (N < D), else ``full``."""
     if variant == "auto":
@@ -204,11 +221,8 @@ def engd(objective: Objective, *, variant: Variant = "auto", damping: float = 1e
         resolved = resolve_variant(variant, n, d)
         needed = engd_memory_bytes(resolved, n, sizes, flat.dtype.itemsize)
         if needed > max_memory_gb * 1e9:
-            raise ValueError(
-                f"engd ({resolved}): D = {d} parameters and N = {n} residuals need about "
-                f"{needed / 1e9:.3g} GB, over max_memory_gb = {max_memory_gb:g}; use fewer "
-                f"points, variant 'layer' or 'woodbury', or method 'hessian-free'"
-            )
+            raise ValueError(too_large_message(resolved, n, sizes, flat.dtype.itemsize,
+                                               max_memory_gb))
         loss_fn = lambda p: objective.loss(p, batch)  # noqa: E731
         residual, jac = residual_and_jacobian(objective, params, batch)
         loss = 0.5 * jnp.sum(residual**2)
