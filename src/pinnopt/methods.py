@@ -18,7 +18,8 @@ from pinnopt.optim.first_order import adam, lbfgs, sgd
 from pinnopt.optim.gauss_newton import engd, hessian_free
 from pinnopt.optim.kfac import kfac, kfac_star
 from pinnopt.optim.multitask import config, hrgrad, mconfig, mgda, multitask, pcgrad, sum_
+from pinnopt.optim.spring import spring, subspace_lm
 
 __all__ = ["adam", "alm", "capu", "config", "engd", "hessian_free", "hrgrad", "kfac",
            "kfac_star", "lagrange", "lbfgs", "mconfig", "mgda", "multitask", "pcgrad",
-           "sequence", "sgd", "sum_"]
+           "sequence", "sgd", "spring", "subspace_lm", "sum_"]
