@@ -53,7 +53,7 @@ def run(method, hparams, options, devices, out: Path):
     state = trainer.fresh_state()
     summary = trainer.run(state, [])
     assert summary["status"] == "completed", summary
-    final, _ = load_state(out)
+    final, _ = load_state(out, state)  # no config.json here: the fresh state is the template
     return trainer, final
 
 

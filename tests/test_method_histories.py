@@ -15,17 +15,19 @@ import numpy as np
 import pytest
 
 from pinnopt.config import RunConfig
-from pinnopt.train import Trainer
+from pinnopt.training import loop
+from pinnopt.training.batches import StepBatches
+from pinnopt.training.setup import build, fresh_state
 
 DATA = json.loads((Path(__file__).parent / "data" / "method_histories.json").read_text())
 
 
 def run_history(config: dict) -> list[dict]:
-    trainer = Trainer(RunConfig.from_dict(config), "unused", progress=False, log=lambda m: None)
-    trainer._append_history = lambda row: None
-    trainer._checkpoint = lambda *args: None
-    trainer._summary = lambda status, message, step, seconds, history: history
-    return trainer.run(trainer.fresh_state(), [])
+    setup = build(RunConfig.from_dict(config))
+    batches = StepBatches(setup.objective, setup.config.seed, setup.config.resample_every)
+    sink = loop.MemorySink()
+    loop.run(setup, fresh_state(setup), batches, sink, log=lambda m: None)
+    return sink.rows
 
 
 @pytest.mark.parametrize("case", sorted(DATA["cases"]))

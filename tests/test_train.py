@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pinnopt.config import RunConfig
-from pinnopt.train import load_state, next_eval_step, read_history, resume, train
+from pinnopt.train import CHECKPOINT, build, load_state, next_eval_step, read_history, resume, train
+from pinnopt.training.batches import StepBatches, batch_for_step
 
 TINY = {"n_interior": 64, "n_boundary": 16}
 
@@ -90,7 +91,7 @@ def test_float32_run(tmp_path):
 
 def test_corrupted_checkpoint_falls_back_to_previous(tmp_path):
     train(tiny_config(steps=10), tmp_path / "c", progress=False, log=quiet)
-    path = tmp_path / "c" / "checkpoint.npz"
+    path = tmp_path / "c" / CHECKPOINT
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -171,20 +172,24 @@ def test_adam_lowers_the_poisson_error_by_two_orders_of_magnitude(tmp_path):
 def test_resample_every_keeps_each_draw_for_k_steps_and_resumes_on_the_same_points(tmp_path):
     """resample_every = 4: steps 0-3 share a draw, step 4 gets a new one; the draw depends
     only on the step, so a run stopped mid-draw (step 6) and resumed to 10 equals 10 steps."""
-    from pinnopt.train import Trainer
-
     opts = dict(TINY, resample=True)
     cfg = tiny_config(problem_options=opts, resample_every=4, steps=10)
-    tr = Trainer(cfg, tmp_path / "t")
-    x = [np.asarray(tr.batch(s)["interior"]) for s in range(9)]
+    objective = build(cfg).objective
+
+    def points(step, every=4):
+        return np.asarray(batch_for_step(objective, cfg.seed, step, every)["interior"])
+
+    x = [points(s) for s in range(9)]
     for s in (1, 2, 3):
         np.testing.assert_array_equal(x[s], x[0])
     np.testing.assert_array_equal(x[5], x[4])
-    np.testing.assert_array_equal(x[8], np.asarray(Trainer(cfg, tmp_path / "u").batch(8)["interior"]))
     assert not np.array_equal(x[4], x[3]) and not np.array_equal(x[8], x[4])
-    every_step = Trainer(tiny_config(problem_options=opts, steps=10), tmp_path / "v")
-    np.testing.assert_array_equal(np.asarray(every_step.batch(4)["interior"]), x[4])
-    assert not np.array_equal(np.asarray(every_step.batch(5)["interior"]), x[5])
+    np.testing.assert_array_equal(points(4, every=1), x[4])
+    assert not np.array_equal(points(5, every=1), x[5])
+    # The loop's memo of the latest draw gives the same points, in any order of steps.
+    memo = StepBatches(objective, cfg.seed, 4)
+    for s in (8, 0, 3, 5, 8, 1):
+        np.testing.assert_array_equal(np.asarray(memo(s)["interior"]), x[s])
 
     full = train(cfg, tmp_path / "full", progress=False, log=quiet)
     train(tiny_config(problem_options=opts, resample_every=4, steps=6), tmp_path / "part",

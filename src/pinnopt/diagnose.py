@@ -30,6 +30,7 @@ first derivatives, 0 otherwise). Problems whose sampling is an option are diagno
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +39,15 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from pinnopt.config import ConfigError, RunConfig
-from pinnopt.nets import MLP, Params
-from pinnopt.problems import PROBLEMS, Problem, problem_options
+from pinnopt.nets import Params
+from pinnopt.problems import PROBLEMS, problem_options
 from pinnopt.problems.forms import FORMULATIONS
 from pinnopt.residuals import Batch, Objective, ResidualGroup
+from pinnopt.training import loop
+from pinnopt.training.rundir import RunError
+from pinnopt.training.setup import build, fresh_state
 
 JSON_NAME = "gradient_noise.json"
 FIGURE_NAME = "gradient_noise.png"
@@ -190,36 +193,39 @@ def measure(probe: _Probe, params: Params, batches: Sequence[Batch], key: jax.Ar
     return out
 
 
-def diagnose_formulation(problem: Problem, net: MLP, seed: int,
-                         settings: NoiseSettings) -> dict[str, Any]:
-    """Statistics at each of ``settings.steps`` for one problem (one formulation)."""
-    objective = Objective(problem, net)
+def diagnose_formulation(config: RunConfig, settings: NoiseSettings) -> dict[str, Any]:
+    """Statistics at each of ``settings.steps`` for one problem (one formulation) of
+    ``config``, trained between them by the training loop with Adam (``settings.lr``)."""
+    config = dataclasses.replace(config, method="adam", hparams={"lr": settings.lr},
+                                 time_budget=None, on_divergence="stop", plots=False)
+    setup = build(config, reference=False)
+    objective, problem, net = setup.objective, setup.problem, setup.net
     probe = _Probe(objective)
-    root = jax.random.PRNGKey(seed)
-    params = net.init(jax.random.fold_in(root, 0))
+    root = jax.random.PRNGKey(config.seed)
+    state = fresh_state(setup)
+    params = state["params"]
     if not (isinstance(params, list) and all(isinstance(p, dict) and "W" in p for p in params)):
         raise ValueError("gradient-noise diagnosis needs a plain MLP network")
     # Batches 0..B-1 for the SNR; the training batch (fixed, or re-drawn if the problem says so).
     batches = [objective.sample(jax.random.fold_in(jax.random.fold_in(root, 1), b))
                for b in range(settings.batches)]
     train_key = jax.random.fold_in(root, 2)
-    optimiser = optax.adam(settings.lr)
-    opt_state = optimiser.init(params)
+    fixed_batch = objective.sample(train_key)
 
-    @jax.jit
-    def adam_step(params, opt_state, batch):
-        loss, grad = jax.value_and_grad(objective.loss)(params, batch)
-        updates, opt_state = optimiser.update(grad, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    def training_batch(step: int) -> Batch:
+        # The diagnosis' own redraws (keys folded from train_key, not the trainer's step
+        # keys), so that its recorded numbers (docs/flux.md) stay reproducible.
+        return objective.sample(jax.random.fold_in(train_key, step)) if problem.resample else fixed_batch
 
     stages = []
-    step = 0
-    fixed_batch = objective.sample(train_key)
     for target in sorted(set(settings.steps)):
-        while step < target:
-            batch = objective.sample(jax.random.fold_in(train_key, step)) if problem.resample else fixed_batch
-            params, opt_state, _ = adam_step(params, opt_state, batch)
-            step += 1
+        if target > state["step"]:
+            stage = dataclasses.replace(setup, config=dataclasses.replace(config, steps=target))
+            outcome = loop.run(stage, state, training_batch, loop.MemorySink(), log=lambda m: None)
+            if outcome.status != "completed":
+                raise RunError(f"gradient-noise diagnosis of {problem.name!r}: {outcome.message}")
+            state = outcome.state
+        step, params = state["step"], state["params"]
         stats = measure(probe, params, batches, jax.random.fold_in(root, 3 + step), settings)
         stages.append({"step": step, "loss": float(probe.loss(params, batches[0])), "groups": stats})
     return {"fields": list(problem.fields), "net": net.describe(), "num_params": net.num_params,
@@ -253,8 +259,7 @@ def gradient_noise(problem: str, formulations: Sequence[str] | None = None,
     for f in formulations:
         opts = dict(options) if f == "default" else {**options, "formulation": f}
         config = RunConfig(problem=problem, problem_options=opts, net=net, seed=seed)
-        prob = config.build_problem()
-        results["formulations"][f] = diagnose_formulation(prob, config.build_net(prob), seed, settings)
+        results["formulations"][f] = diagnose_formulation(config, settings)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 
-from pinnopt.train import RunError, build, load_config, load_state, read_history
+from pinnopt.training.batches import batch_for_step
+from pinnopt.training.rundir import (
+    PLOTS, RunError, load_config, load_state, read_history, read_metadata, read_summary,
+)
+from pinnopt.training.setup import build, fresh_state
 
 
 def _pyplot():
@@ -25,7 +28,7 @@ def load_run(run_dir: str | Path):
     """The run's setup and its latest parameters."""
     config = load_config(run_dir)
     setup = build(config)
-    state, _ = load_state(run_dir)
+    state, _ = load_state(run_dir, fresh_state(setup))
     return setup, state["params"]
 
 
@@ -102,15 +105,14 @@ def plot_fields(setup, params, out_dir: Path, resolution: int = 101) -> list[Pat
 def plot_multipliers(run_dir: Path, setup, out_dir: Path) -> list[Path]:
     """The pointwise multipliers λ of a constrained method (``alm``, ``lagrange``, ``capu``)
     over their constraint points, one panel per group and component (1 or 2 coordinates)."""
-    from pinnopt.train import Trainer, load_state
-
     problem = setup.problem
-    state, _ = load_state(run_dir)
+    state, _ = load_state(run_dir, fresh_state(setup))
     multipliers = getattr(state["method_state"], "multipliers", None)
     if problem.dim not in (1, 2) or not isinstance(multipliers, dict) or not multipliers:
         return []
     # The points the multipliers belong to: the run's fixed training batch.
-    batch = Trainer(setup.config, run_dir, progress=False).batch(state["step"])
+    config = setup.config
+    batch = batch_for_step(setup.objective, config.seed, state["step"], config.resample_every)
     panels = [(name, k) for name, lam in multipliers.items() for k in range(lam.shape[1])]
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8),
@@ -217,7 +219,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     history = read_history(run_dir)
     if not history:
         raise RunError(f"{run_dir} has no history yet")
-    out_dir = run_dir / "plots"
+    out_dir = run_dir / PLOTS
     out_dir.mkdir(exist_ok=True)
     setup, params = load_run(run_dir)
     title = f"{setup.problem.description} — {setup.config.method}, D = {setup.net.num_params}"
@@ -231,18 +233,16 @@ def describe(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     config = load_config(run_dir)
     lines = [f"run {run_dir}: {config.problem} {config.problem_options or ''} with {config.method}"]
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        s = json.loads(summary_path.read_text())
+    s = read_summary(run_dir)
+    if s is not None:
         lines.append(f"status: {s['status']} ({s['message']}); {s['steps']} steps, "
                      f"{s['train_time']:.1f} s")
         lines += [f"  {k}: {v:.4e}" for k, v in s["final"].items()
                   if isinstance(v, float) and k not in ("time",)]
     else:
         lines.append("status: no summary (the run was killed); resume it with --resume")
-    meta_path = run_dir / "metadata.json"
-    if meta_path.exists():
-        m = json.loads(meta_path.read_text())
+    m = read_metadata(run_dir)
+    if m is not None:
         lines.append("versions: " + ", ".join(
             f"{k} {m.get(k)}" for k in ("pinnopt", "jax", "jaxlib", "numpy", "python")))
         lines.append(f"device: {m.get('device')}; git revision: {m.get('git_revision')}")
