@@ -162,3 +162,12 @@ def test_list_methods_reads_the_signatures():
     assert "damping: float = 1e-10" in text and "variant: auto|full|layer|woodbury" in text
     assert "inner: method on a loss = lbfgs(memory=100, max_linesearch_steps=25)" in text
     assert "adam-lbfgs" in text and "kappa: float = 0.5" in text
+
+
+def test_each_problem_has_a_default_method():
+    from pinnopt.problems import default_method, register_problem
+
+    assert RunConfig().method == "engd" and RunConfig(problem="helmholtz").method == "lbfgs"
+    assert RunConfig(hparams={"damping": 1e-8}).method_value == engd(damping=1e-8)
+    register_problem("poisson-for-adam", lambda: None, default_method="adam")
+    assert default_method("poisson-for-adam") == "adam"

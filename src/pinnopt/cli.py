@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="other problem option, e.g. n_interior=2000 (repeatable)")
     tr.add_argument("--net", help="net preset of the problem or sizes like 2-64-64-1")
     tr.add_argument("--activation", help="tanh, sin, softplus or silu")
-    tr.add_argument("--method", help="optimiser (see `pinnopt list methods`)")
+    tr.add_argument("--method", help="optimiser (see `pinnopt list methods`; default: the "
+                                     "problem's, e.g. engd for poisson, see `pinnopt list problems`)")
     tr.add_argument("--lr", type=float, help="learning rate (methods that have one)")
     tr.add_argument("--opt", action="append", metavar="KEY=VALUE",
                     help="method hyper-parameter, e.g. damping=1e-10 (repeatable)")
@@ -237,14 +238,14 @@ def describe_methods() -> str:
 
 
 def cmd_list(args) -> int:
-    from pinnopt.problems import PROBLEMS, problem_option_types, problem_options
+    from pinnopt.problems import PROBLEMS, default_method, problem_option_types, problem_options
 
     if args.what in (None, "problems"):
-        print("problems (options and defaults):")
+        print("problems (default method; options: type = default):")
         for name in sorted(PROBLEMS):
             types = problem_option_types(name)
             opts = ", ".join(f"{k}: {types[k]} = {v!r}" for k, v in problem_options(name).items())
-            print(f"  {name:<14} {opts}")
+            print(f"  {name:<14} method {default_method(name)}; {opts}")
     if args.what in (None, "methods"):
         print(describe_methods())
     return 0

@@ -15,10 +15,9 @@ from typing import Any
 from pinnopt.nets import ACTIVATIONS, MLP, parse_net
 from pinnopt.optim import METHODS, MethodValue, configured_value
 from pinnopt.optim.base import as_config, to_tree
-from pinnopt.problems import PROBLEMS, Problem, check_options, make_problem
+from pinnopt.problems import PROBLEMS, Problem, check_options, default_method, make_problem
 
 DTYPES = ("float64", "float32")
-DEFAULT_METHOD = "lbfgs"
 
 
 class ConfigError(ValueError):
@@ -31,7 +30,9 @@ class RunConfig:
 
     ``problem_options`` are passed to the problem factory (e.g. ``{"dim": 5}``); ``net`` is a
     preset of the problem or full sizes ``"2-64-1"`` (``None``: the problem's default);
-    ``hparams`` are the method's hyper-parameters. Training stops at ``steps`` or after
+    ``method`` is a name, a table ``{"name": ..., **settings}`` or a value such as
+    ``alm(inner=adam())`` (``None``: the problem's default method, ``pinnopt list problems``),
+    ``hparams`` the method's settings (kept as given: a nested table for a method in a method). Training stops at ``steps`` or after
     ``time_budget`` seconds of training time (evaluation excluded), whichever comes first.
     Evaluations happen at steps 0, 1 and then every time the step grows by ``eval_ratio``;
     checkpoints at evaluations at least ``checkpoint_every`` seconds apart, and at the end.
@@ -48,7 +49,7 @@ class RunConfig:
     problem_options: dict[str, Any] = field(default_factory=dict)
     net: str | None = None
     activation: str = "tanh"
-    method: str | dict[str, Any] | MethodValue = DEFAULT_METHOD
+    method: str | dict[str, Any] | MethodValue | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
     steps: int = 100_000
     time_budget: float | None = 60.0
@@ -117,6 +118,8 @@ class RunConfig:
 
     def _method_and_settings(self) -> tuple[str, dict[str, Any]]:
         method, hparams = self.method, dict(self.hparams)
+        if method is None:
+            method = default_method(self.problem)
         if isinstance(method, MethodValue):
             method, given = as_config(method)
             hparams = {**given, **hparams}
