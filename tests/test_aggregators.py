@@ -1,4 +1,4 @@
-"""Tests of the gradient-conflict aggregators (METHODS.md §7, docs/multitask.md).
+"""Tests of the gradient-conflict aggregators (docs/methods.md §7, docs/multitask.md).
 
 Property tests draw ``m = 2..8`` task gradients in ``D = m..40`` dimensions. To compile each
 aggregator once, a drawn set is embedded in a fixed ``(M_MAX, D_MAX) = (8, 40)`` matrix: zero

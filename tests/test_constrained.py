@@ -1,4 +1,4 @@
-"""Constrained training (METHODS.md §6): update rules by hand, the constrained minimiser of a
+"""Constrained training (docs/methods.md §6): update rules by hand, the constrained minimiser of a
 quadratic problem, checkpoint and resume of multipliers and penalties, refusals, the plot."""
 
 import jax

@@ -1,4 +1,4 @@
-"""KFAC and KFAC* (METHODS.md §4) against brute-force computations, float64."""
+"""KFAC and KFAC* (docs/methods.md §4) against brute-force computations, float64."""
 
 import dataclasses
 import functools

@@ -1,4 +1,4 @@
-"""The problems of METHODS.md §6 in standard and first-order form: exact solutions (with exact
+"""The problems of docs/methods.md §6 in standard and first-order form: exact solutions (with exact
 auxiliary fields) make every residual and constraint vanish; points lie in their regions; the
 Ghia et al. (1982) cavity data and the partial-reference errors."""
 

@@ -1,6 +1,6 @@
 """Taylor-mode versus nested-autodiff Laplacians: loss-and-gradient timing, side by side.
 
-The loss is the 2d Poisson loss of METHODS.md §9 (900 interior, 120 boundary points,
+The loss is the 2d Poisson loss of docs/methods.md §9 (900 interior, 120 boundary points,
 float64). The nested-autodiff variant computes each point's Laplacian as the trace of
 ``jax.hessian`` of the network; the Taylor-mode variant uses :func:`pinnopt.taylor.jet`.
 Both are jit-compiled and timed (median of repeats) in one process.

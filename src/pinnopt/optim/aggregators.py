@@ -1,4 +1,4 @@
-"""Gradient-conflict aggregators: one update direction from ``m`` task gradients (METHODS.md §7).
+"""Gradient-conflict aggregators: one update direction from ``m`` task gradients (docs/methods.md §7).
 
 Every aggregator reads a task-gradient matrix ``grads`` of shape ``(m, D)`` whose row ``i`` is
 the flattened gradient ``g_i = ∇L_i`` of task ``i``, and returns ``(update, info)``: an update
@@ -253,7 +253,7 @@ def config(grads: Array, *, eps: float | None = None) -> tuple[Array, Info]:
 
 
 # ---------------------------------------------------------------------------------------------
-# HRGrad (reconstruction, METHODS.md §7)
+# HRGrad (reconstruction, docs/methods.md §7)
 
 
 def conflict_levels(units: Array) -> Array:
@@ -300,7 +300,7 @@ def hrgrad(
     *,
     eps: float | None = None,
 ) -> tuple[Array, Info]:
-    """HRGrad as RECONSTRUCTED in METHODS.md §7 from the abstract (not the authors' code).
+    """HRGrad as RECONSTRUCTED in docs/methods.md §7 from the abstract (not the authors' code).
 
     1. conflict levels ``c_i = max(0, −min_j cos(g_i, g_j))``;
     2. anchor ``d*`` = :func:`harmonised_anchor` (unit min-norm point of ``conv{ĝ_i}``, or the

@@ -1,4 +1,4 @@
-"""Constrained training with pointwise multipliers (METHODS.md §6), wrapping an inner optimiser.
+"""Constrained training with pointwise multipliers (docs/methods.md §6), wrapping an inner optimiser.
 
 The residual groups split into an objective (roles ``pde`` and ``data``) and pointwise
 constraints (by default the roles ``boundary``, ``initial`` and ``constraint``; hyper-parameter

@@ -1,4 +1,4 @@
-"""Gauss–Newton methods: energy natural gradient (ENGD) and Hessian-free (METHODS.md §3, §5).
+"""Gauss–Newton methods: energy natural gradient (ENGD) and Hessian-free (docs/methods.md §3, §5).
 
 Both work on the stacked scaled residual ``r(θ) ∈ R^N`` with ``L = ½‖r‖²`` and its Jacobian
 ``J ∈ R^{N×D}``, whose Gramian ``G = JᵀJ`` is the Gauss–Newton matrix of ``L`` (and, for a
@@ -188,7 +188,7 @@ class EngdState(NamedTuple):
 def engd(objective: Objective, *, variant: Variant = "auto", damping: float = 1e-10,
          solver: Literal["cholesky", "eigh"] = "eigh", adapt_damping: bool = False,
          max_memory_gb: float = 4.0, line_search_candidates: int = 31) -> Method:
-    """Energy natural gradient / Gauss–Newton with a grid line search ([ENGD], METHODS.md §3).
+    """Energy natural gradient / Gauss–Newton with a grid line search ([ENGD], docs/methods.md §3).
 
     ``damping`` is the absolute ``λ`` added to ``G`` (for the scaled loss ``L = ½‖r‖²``, so the
     values tuned in [KFAC], 0 to 1e-8, carry over). With ``adapt_damping`` (an extension, off

@@ -1,4 +1,4 @@
-"""Gramian–vector products and flat views of the parameters (METHODS.md §3–5).
+"""Gramian–vector products and flat views of the parameters (docs/methods.md §3–5).
 
 With the stacked scaled residual ``r(θ) ∈ R^N`` (``L = ½‖r‖²``) and its Jacobian ``J``:
 

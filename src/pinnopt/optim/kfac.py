@@ -1,4 +1,4 @@
-"""KFAC and KFAC* for PINN losses (METHODS.md §4; Dangel, Müller & Zeinhofer, NeurIPS 2024).
+"""KFAC and KFAC* for PINN losses (docs/methods.md §4; Dangel, Müller & Zeinhofer, NeurIPS 2024).
 
 The Gramian ``G = JᵀJ`` of the stacked scaled residual (``L = ½‖r‖²``, residual group ``g``
 scaled by ``sqrt(w_g/N_g)``) is approximated, per linear layer ``V = [W, b]`` (out × (in+1)),
@@ -390,7 +390,7 @@ def quadratic_model_step(jd: Array, jp: Array, direction: Matrices, previous: Ma
                          grads: Matrices, damping: float | Array) -> QuadraticModelStep:
     """``(α, μ)`` minimising ``½ uᵀ(G + λI)u + ∇Lᵀu`` over ``u = αΔ + μδ``.
 
-    ``jd = JΔ`` and ``jp = Jδ``. Solves the 2×2 system of METHODS.md §4; when it is singular
+    ``jd = JΔ`` and ``jp = Jδ``. Solves the 2×2 system of docs/methods.md §4; when it is singular
     (``δ = 0`` on the first step, or ``δ ∥ Δ``) the 1×1 model along ``Δ`` gives ``α`` and
     ``μ = 0``; a zero direction gives ``α = 0``.
     """

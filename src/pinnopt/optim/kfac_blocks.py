@@ -1,4 +1,4 @@
-"""Kronecker-factored curvature blocks of one linear layer, and their inverses (METHODS.md §4).
+"""Kronecker-factored curvature blocks of one linear layer, and their inverses (docs/methods.md §4).
 
 A linear layer with weights ``V = [W, b]`` of shape ``(out, in+1)`` sees, per point ``n``, ``S``
 stacked inputs ``a_{n,s} ∈ R^{in+1}`` (bias entry 1 in the value slot, 0 in the derivative

@@ -1,4 +1,4 @@
-"""The grid line search of [ENGD] and [KFAC] (METHODS.md §3).
+"""The grid line search of [ENGD] and [KFAC] (docs/methods.md §3).
 
     α = argmin over {2^-k : k = 0..K} of L(θ + α Δ)  on the current batch,
     α = 0 when no candidate decreases the loss.

@@ -1,7 +1,7 @@
 """Multi-task training: task losses on the residual structure, per-task gradients, aggregation.
 
-The loss ``L(θ) = Σ_g w_g/(2N_g) ‖r_g(θ)‖²`` (METHODS.md §1) is split into ``m`` task losses by
-a partition of the residual points (METHODS.md §7):
+The loss ``L(θ) = Σ_g w_g/(2N_g) ‖r_g(θ)‖²`` (docs/methods.md §1) is split into ``m`` task losses by
+a partition of the residual points (docs/methods.md §7):
 
     L_i(θ) = Σ_g  w_g/(2N_g) · Σ_{n ∈ task i} ‖r_{g,n}(θ)‖²,        Σ_i L_i = L.
 
@@ -376,7 +376,7 @@ def config() -> AggregatorFns:
     return _stateless(lambda g, key: aggregators.config(g))
 
 
-@method("hrgrad", "HRGrad as reconstructed in METHODS.md §7 (rotated ConFIG)",
+@method("hrgrad", "HRGrad as reconstructed in docs/methods.md §7 (rotated ConFIG)",
         namespace="aggregator")
 def hrgrad(*, kappa: float = 0.5, max_halvings: int = 4) -> AggregatorFns:
     if not 0 <= kappa <= 1:

@@ -1,4 +1,4 @@
-"""Lid-driven cavity, steady incompressible Navier–Stokes at Re = 100 (METHODS.md §6).
+"""Lid-driven cavity, steady incompressible Navier–Stokes at Re = 100 (docs/methods.md §6).
 
     (u·∇)u + ∇p − Δu / Re = 0,   ∇·u = 0   in [0,1]²,
     u = (1, 0) on the lid y = 1,   u = 0 on the other walls.

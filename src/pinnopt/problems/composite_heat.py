@@ -1,4 +1,4 @@
-"""Heat conduction through a composite wall, a benchmark of [FLUX] (METHODS.md §6).
+"""Heat conduction through a composite wall, a benchmark of [FLUX] (docs/methods.md §6).
 
     u_t = ∂x(k u_x) + f,   x ∈ [−1,1], t ∈ [0,2],   k = 1 (x < 0), 3π (x ≥ 0),
     u* = t sin(3πx) (x < 0),  t x (x ≥ 0).

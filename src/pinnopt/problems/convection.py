@@ -1,5 +1,5 @@
 """Periodic convection, the failure case of Krishnapriyan et al. (NeurIPS 2021) used by [FLUX]
-(METHODS.md §6).
+(docs/methods.md §6).
 
     u_t + β u_x = 0,   t ∈ [0,1],  x ∈ [0,2π] periodic,   u(0,x) = sin x,
     u* = sin(x − βt),   β = 40 by default.

@@ -1,4 +1,4 @@
-"""Convection-dominated convection–diffusion in 1d, a benchmark of [FLUX] (METHODS.md §6).
+"""Convection-dominated convection–diffusion in 1d, a benchmark of [FLUX] (docs/methods.md §6).
 
     α u_xx + v u_x = 0 on (0,1),   v = 1, α = 1e-6 by default,
     u* = e^{−vx/α} / (1 − e^{−v/α}) − 1/2,

@@ -1,5 +1,5 @@
 """Shared pieces of the problems that come in a standard and a first-order (flux) form
-(METHODS.md §6): option checks and the samplers they need beyond :class:`~pinnopt.geometry.Box`.
+(docs/methods.md §6): option checks and the samplers they need beyond :class:`~pinnopt.geometry.Box`.
 
 A first-order form adds auxiliary network outputs (a flux σ, a vorticity ω, ...) so that every
 residual needs first derivatives only. Its groups have the roles that constrained training

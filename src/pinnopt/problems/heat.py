@@ -1,4 +1,4 @@
-"""Heat equations on the unit cube, the [KFAC] benchmark family (METHODS.md §9).
+"""Heat equations on the unit cube, the [KFAC] benchmark family (docs/methods.md §9).
 
     ∂_t u − ¼ Δ_x u = 0,  x ∈ [0,1]^d, t ∈ [0,1],  u* = e^{−t} Σ_i sin(2 x_i),
 

@@ -1,4 +1,4 @@
-"""Helmholtz equation on [−1,1]², a benchmark of [FLUX] (METHODS.md §6).
+"""Helmholtz equation on [−1,1]², a benchmark of [FLUX] (docs/methods.md §6).
 
     Δu + u = f  in [−1,1]²,   u = 0 on the boundary,
     u* = sin(πx) sin(4πy),   f = (1 − 17π²) u*.

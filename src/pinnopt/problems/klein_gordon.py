@@ -1,4 +1,4 @@
-"""Nonlinear Klein–Gordon equation, a benchmark of [FLUX] (METHODS.md §6).
+"""Nonlinear Klein–Gordon equation, a benchmark of [FLUX] (docs/methods.md §6).
 
     u_tt − u_xx + u³ = f,   (t, x) ∈ [0,1]²,   u* = x cos(5πt) + (xt)³,
 

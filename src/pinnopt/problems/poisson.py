@@ -1,4 +1,4 @@
-"""Poisson equations on the unit cube, the [KFAC] benchmark family (METHODS.md §9).
+"""Poisson equations on the unit cube, the [KFAC] benchmark family (docs/methods.md §9).
 
     −Δu = f in [0,1]^d,   u = u* on the boundary.
 
@@ -10,7 +10,7 @@ Solutions (``solution=``):
 - ``norm-squared``: u* = ‖x‖² / c, f = −2d / c     (100d).
 
 For the last two ``c = sqrt(E[u*²])`` over the uniform cube (1.3437 for d = 10, 33.466 for
-d = 100): these are the constants 1/1.34 and 1/33.47 of METHODS.md §9, which normalise the
+d = 100): these are the constants 1/1.34 and 1/33.47 of docs/methods.md §9, which normalise the
 solution to unit RMS so that the RMS error is comparable across dimensions.
 """
 

@@ -1,4 +1,4 @@
-"""Stokes flow with a manufactured solution, a benchmark of [FLUX] (METHODS.md §6).
+"""Stokes flow with a manufactured solution, a benchmark of [FLUX] (docs/methods.md §6).
 
     −Δ(u, v) + ∇p = f,   u_x + v_y = 0   in [0,1]²,   (u, v) = (u*, v*) on the boundary,
     u* = x²(1−x)²(4y³−6y²+2y),  v* = −y²(1−y)²(4x³−6x²+2x),  p* = x² − y².

@@ -1,6 +1,6 @@
 """IMEX discrete-velocity reference solver for the BGK equation in the Euler scaling.
 
-Problem (METHODS.md §8), on x ∈ [−0.5, 0.5], v ∈ [−vmax, vmax] (vmax = 10), t ∈ [0, 0.1]:
+Problem (docs/methods.md §8), on x ∈ [−0.5, 0.5], v ∈ [−vmax, vmax] (vmax = 10), t ∈ [0, 0.1]:
 
     ε (∂_t f + v ∂_x f) = M[ρ,u,T] − f,     M = ρ / sqrt(2πT) · exp(−(v − u)²/(2T)),
     ρ = ⟨f⟩,  ρu = ⟨v f⟩,  E = ½⟨v² f⟩ = ½ρu² + ½ρT,      ⟨·⟩ = ∫ dv,

@@ -1,6 +1,6 @@
 """Asymptotic-preserving reference solver for linear transport in the diffusive scaling.
 
-Problem (METHODS.md §8), on x ∈ [0, 1], v ∈ [−1, 1]:
+Problem (docs/methods.md §8), on x ∈ [0, 1], v ∈ [−1, 1]:
 
     ε ∂_t f + v ∂_x f = (ρ − f)/ε,        ρ = ⟨f⟩ = ½ ∫_{−1}^{1} f dv,
     f(t, 0, v > 0) = 1,   f(t, 1, v < 0) = 0,   f(0, x, v) = 0.
