@@ -13,7 +13,9 @@ import pytest
 
 from pinnopt.config import RunConfig
 from pinnopt.train import CHECKPOINT, build, load_state, next_eval_step, read_history, resume, train
+from pinnopt.training import loop
 from pinnopt.training.batches import StepBatches, batch_for_step
+from pinnopt.training.setup import fresh_state
 
 TINY = {"n_interior": 64, "n_boundary": 16}
 
@@ -70,6 +72,23 @@ def test_time_budget_stops_the_run(tmp_path):
     s = train(tiny_config(steps=10**9, time_budget=0.5), tmp_path / "t", progress=False, log=quiet)
     assert s["status"] == "completed" and "time budget" in s["message"]
     assert 0.5 <= s["train_time"] < 5.0
+
+
+def test_the_time_budget_counts_the_drawing_of_points():
+    """A batch function that takes 50 ms per call: each of the 5 steps trains 50 ms longer."""
+    setup = build(tiny_config(steps=5))
+    fixed = batch_for_step(setup.objective, setup.config.seed, 0, 1)
+    calls = []
+
+    def slow_batches(step):
+        if calls:
+            time.sleep(0.05)
+        calls.append(step)
+        return fixed
+
+    outcome = loop.run(setup, fresh_state(setup), slow_batches, loop.MemorySink(), log=quiet)
+    assert outcome.state["step"] == 5 and len(calls) == 7
+    assert outcome.state["train_time"] >= 5 * 0.05
 
 
 def test_nan_guard_stops_and_keeps_last_good_state(tmp_path):

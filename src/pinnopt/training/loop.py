@@ -5,8 +5,9 @@ progress bar.
 batches a function gives for each step, until a budget is spent, and hands every evaluation
 row and checkpoint to a :class:`Sink`: the run directory
 (:class:`pinnopt.training.rundir.RunDir`) or a :class:`MemorySink`. Training time excludes
-compilation and evaluation, as in [KFAC]'s time budgets. Every step's randomness derives from
-``(seed, step)``, so a run resumed from a checkpoint repeats exactly the steps of an
+compilation and evaluation, as in [KFAC]'s time budgets, and counts the drawing of new
+points (except the first batch, drawn before compilation). Every step's randomness derives
+from ``(seed, step)``, so a run resumed from a checkpoint repeats exactly the steps of an
 uninterrupted one.
 """
 
@@ -219,7 +220,11 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
                     status, reason = "interrupted", f"stopped by {signals.caught or 'a signal'}"
                 elif zero_loss_step is not None:
                     status, reason = "stalled", _zero_loss_message(zero_loss_step, config.dtype)
+                # Drawing new points is part of training, timed with the step it is for (not
+                # when the run ends here: then only the final evaluation uses the batch).
+                t0 = time.perf_counter()
                 batch = batches(step)
+                draw_seconds = time.perf_counter() - t0
                 evaluated = history and history[-1]["step"] == step
                 if (step >= next_eval or reason) and not evaluated:
                     row = {"step": step, "time": train_time,
@@ -239,7 +244,7 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
                 t0 = time.perf_counter()
                 new_params, new_state, info, ok = compiled(params, mstate, batch, key)
                 ok = bool(ok)
-                train_time += time.perf_counter() - t0
+                train_time += draw_seconds + time.perf_counter() - t0
                 if not ok:
                     safer = safer_config(config) if retries < config.max_retries else None
                     if config.on_divergence == "retry" and safer is not None:
