@@ -1,8 +1,9 @@
 """The modules of ``pinnopt`` import each other without circles.
 
 The graph is read from the source with ``ast``: every ``import pinnopt...`` and
-``from pinnopt... import ...`` statement, at module level or inside a function (a lazy import
-hides a circle without removing it), is an edge to the module it names. ``from pinnopt.a
+``from pinnopt... import ...`` statement, at module level, inside a function or under
+``if TYPE_CHECKING:`` (a lazy or annotation-only import hides a circle without removing it),
+is an edge to the module it names. ``from pinnopt.a
 import b`` points at ``pinnopt.a.b`` when that is a module, else at ``pinnopt.a``.
 """
 
