@@ -215,7 +215,9 @@ def diagnose_formulation(config: RunConfig, settings: NoiseSettings) -> dict[str
     def training_batch(step: int) -> Batch:
         # The diagnosis' own redraws (keys folded from train_key, not the trainer's step
         # keys), so that its recorded numbers (docs/flux.md) stay reproducible.
-        return objective.sample(jax.random.fold_in(train_key, step)) if problem.resample else fixed_batch
+        if not problem.resample:
+            return fixed_batch
+        return objective.sample(jax.random.fold_in(train_key, step))
 
     stages = []
     for target in sorted(set(settings.steps)):
