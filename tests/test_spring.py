@@ -334,8 +334,10 @@ def test_settings_are_validated_and_listed():
                           (dict(step_rule="armijo"), "step_rule")]:
         with pytest.raises(ValueError, match=needle):
             spring(**value).build(objective)
-    for value, needle in [(dict(subspace_dim=0), "subspace_dim"), (dict(sketch_rows=-1), "sketch"),
-                          (dict(damping=1e-20), "damping_min"), (dict(subspace="haar"), "subspace")]:
+    for value, needle in [(dict(subspace_dim=0), "subspace_dim"),
+                          (dict(sketch_rows=-1), "sketch"),
+                          (dict(damping=1e-20), "damping_min"),
+                          (dict(subspace="haar"), "subspace")]:
         with pytest.raises(ValueError, match=needle):
             subspace_lm(**value).build(objective)
     method = subspace_lm().build(objective)

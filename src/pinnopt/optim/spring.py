@@ -126,8 +126,8 @@ class Nystrom(NamedTuple):
 
 def nystrom(product: Callable[[jax.Array], jax.Array], n: int, rank: int, key: jax.Array,
             dtype) -> Nystrom:
-    """Randomised rank-``k`` Nyström approximation ``Â = (AΩ)(ΩᵀAΩ)⁻¹(AΩ)ᵀ`` of a symmetric
-    positive semi-definite ``A (n, n)`` given as ``product: X (n, k) ↦ A X``.
+    """Randomised rank-``k`` Nyström approximation ([NYS]) ``Â = (AΩ)(ΩᵀAΩ)⁻¹(AΩ)ᵀ`` of a
+    symmetric positive semi-definite ``A (n, n)`` given as ``product: X (n, k) ↦ A X``.
 
     ``Ω (n, k)``: orthonormalised Gaussian columns from ``key``. For stability the
     factorisation is of the shifted ``A + νI`` with ``ν = √n · ε · ‖AΩ‖_F``: with
@@ -175,7 +175,7 @@ def nystrom_preconditioner(approx: Nystrom, damping: jax.Array | float
 
 
 class SpringState(NamedTuple):
-    phi: jax.Array      # φ_{k−1}, flat (D,); 0 at the start and after a step the line search refused
+    phi: jax.Array      # φ_{k−1}, flat (D,); 0 at the start and after a refused line search
     damping: jax.Array  # λ (constant; in the state so that one compilation serves every λ)
 
 
