@@ -58,6 +58,7 @@ from typing import Any, TextIO
 from pinnopt import speed
 from pinnopt.config import ConfigError, RunConfig
 from pinnopt.machine import machine, results_dir
+from pinnopt.precision import uses_float64
 from pinnopt.train import CHECKPOINT, RunError, read_history, resume, train
 
 SUITES_DIR = Path("benchmarks") / "suites"
@@ -169,6 +170,7 @@ def _expand_seeds(name: str, group: str, entry: dict[str, Any]
     return [(f"{name}-s{seed}", f"{group}-s{seed}", seed) for seed in seeds]
 
 
+@uses_float64
 def run_suite(name: str, quick: bool = False, out: str | Path | None = None,
               progress: bool = True, jobs: int = 1, dry_run: bool = False) -> Path:
     """Run every configuration of a suite and write its table and figures; returns the directory.

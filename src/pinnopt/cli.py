@@ -20,6 +20,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
+from pinnopt.precision import uses_float64
+
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 
@@ -323,6 +325,7 @@ COMMANDS = {"train": cmd_train, "list": cmd_list, "report": cmd_report,
             "predict": cmd_predict, "bench": cmd_bench, "diagnose": cmd_diagnose}
 
 
+@uses_float64
 def main(argv: Sequence[str] | None = None) -> int:
     from pinnopt.checkpoint import CheckpointError
     from pinnopt.config import ConfigError

@@ -42,6 +42,7 @@ import numpy as np
 
 from pinnopt.config import ConfigError, RunConfig
 from pinnopt.nets import Params
+from pinnopt.precision import uses_float64
 from pinnopt.problems import PROBLEMS, problem_options
 from pinnopt.problems.forms import FORMULATIONS
 from pinnopt.residuals import Batch, Objective, ResidualGroup
@@ -234,6 +235,7 @@ def diagnose_formulation(config: RunConfig, settings: NoiseSettings) -> dict[str
             "stages": stages}
 
 
+@uses_float64
 def gradient_noise(problem: str, formulations: Sequence[str] | None = None,
                    options: dict[str, Any] | None = None, net: str | None = None,
                    seed: int = 0, settings: NoiseSettings = NoiseSettings(),

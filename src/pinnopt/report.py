@@ -8,6 +8,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from pinnopt.precision import uses_float64
 from pinnopt.training.batches import batch_for_step
 from pinnopt.training.rundir import (
     PLOTS, RunError, load_config, load_state, read_history, read_metadata, read_summary,
@@ -32,6 +33,7 @@ def load_run(run_dir: str | Path):
     return setup, state["params"]
 
 
+@uses_float64
 def predict(run_dir: str | Path, points: np.ndarray) -> np.ndarray:
     """Values of the trained fields at ``points (N, dim)``: ``(N, num_fields)``."""
     setup, params = load_run(run_dir)
@@ -213,6 +215,7 @@ def plot_eps_profiles(setup, params, out_dir: Path) -> list[Path]:
     return [path]
 
 
+@uses_float64
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write all figures of a run into ``run_dir/plots``; returns their paths."""
     run_dir = Path(run_dir)

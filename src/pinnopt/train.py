@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from pinnopt import distributed, report
 from pinnopt.config import RunConfig
+from pinnopt.precision import uses_float64
 from pinnopt.residuals import Batch
 from pinnopt.training import loop
 from pinnopt.training.batches import StepBatches
@@ -66,6 +67,7 @@ class Trainer:
         return summary
 
 
+@uses_float64
 def train(config: RunConfig, out: str | Path | None = None, progress: bool = True,
           overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``config`` into a new run directory ``out`` and return the summary.
@@ -92,6 +94,7 @@ def train(config: RunConfig, out: str | Path | None = None, progress: bool = Tru
     return summary
 
 
+@uses_float64
 def resume(run_dir: str | Path, steps: int | None = None, time_budget: float | None = None,
            progress: bool = True, log: Callable[[str], None] = print,
            devices: int | None = None) -> dict[str, Any]:
