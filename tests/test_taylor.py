@@ -9,7 +9,16 @@ import pytest
 
 import pinnopt  # noqa: F401  (float64)
 from pinnopt.nets import ACTIVATIONS, MLP
-from pinnopt.taylor import Derivatives, jet
+from pinnopt.taylor import (
+    Derivatives,
+    concatenate,
+    coordinates,
+    elementwise,
+    jet,
+    linear,
+    product,
+    propagate,
+)
 
 NETS = [(1, 6, 1), (2, 8, 1), (3, 16, 16, 2), (5, 7, 9, 7, 1), (10, 12, 3)]
 
@@ -51,6 +60,41 @@ def test_jet_matches_nested_autodiff(sizes, activation):
     assert rel_err(out.value, value) < 1e-10
     assert rel_err(out.grad, grad) < 1e-10
     assert rel_err(out.second, second) < 1e-10
+
+
+def test_composed_jets_match_nested_autodiff():
+    """The pass from the jet of a nonlinear input map, then a product and a linear map:
+    u(x) = x₀ · net([sin x, x₀ x₁]) + 2 x₁, against nested autodiff."""
+    net = MLP((4, 6, 2), "tanh")
+    params = net.init(jax.random.PRNGKey(11))
+    kx, kd, kw = jax.random.split(jax.random.PRNGKey(12), 3)
+    x = jax.random.normal(kx, (5, 3))
+    directions, weights = jax.random.normal(kd, (4, 3)), jax.random.normal(kw, (4,))
+    derivs = Derivatives(tuple(map(tuple, np.asarray(directions))), tuple(np.asarray(weights)))
+
+    def composed(z):
+        point = coordinates(z, derivs)
+        first = linear(lambda a: a[..., :1], point)
+        second = linear(lambda a: a[..., 1:2], point)
+        inputs = concatenate([elementwise(point, ACTIVATIONS["sin"], derivs),
+                              product(first, second, derivs)])
+        out, _ = propagate(net, params, inputs, derivs)
+        return linear(lambda a, b: a + 2.0 * b, product(first, out, derivs), second)
+
+    def u(z):
+        h = net.apply(params, jnp.concatenate([jnp.sin(z), z[:1] * z[1:2]])[None])[0]
+        return z[0] * h + 2.0 * z[1]
+
+    def brute(z):
+        grad = directions @ jax.jacfwd(u)(z).T
+        second = jnp.einsum("k,ki,mij,kj->m", weights, directions, jax.hessian(u)(z), directions)
+        return u(z), grad, second
+
+    out = jax.jit(composed)(x)
+    value, grad, second = jax.vmap(brute)(x)
+    assert rel_err(out.value, value) < 1e-12
+    assert rel_err(out.grad, grad) < 1e-12
+    assert rel_err(out.second, second) < 1e-11
 
 
 def test_laplacian_and_partial_laplacian():

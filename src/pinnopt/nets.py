@@ -3,26 +3,22 @@
 A network is described by an :class:`MLP` (static: layer sizes and activation) and its
 parameters, a list of ``{"W": (out, in), "b": (out,)}`` dictionaries, one per linear layer.
 Keeping parameters as a bare pytree lets every optimiser (optax, Gauss–Newton, KFAC) treat
-them uniformly, and lets KFAC address one layer's ``[W, b]`` block directly.
+them uniformly, and lets KFAC address one layer's ``[W, b]`` block directly. The MLP is a
+:class:`pinnopt.models.Model`, the only one with per-layer taps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
+from pinnopt import taylor
+from pinnopt.taylor import Activation
+
 Params = list[dict[str, jax.Array]]
-
-
-class Activation(NamedTuple):
-    """An elementwise nonlinearity with its first two derivatives (all ``z -> same shape``)."""
-
-    f: Callable[[jax.Array], jax.Array]
-    df: Callable[[jax.Array], jax.Array]
-    d2f: Callable[[jax.Array], jax.Array]
 
 
 def _tanh() -> Activation:
@@ -79,6 +75,7 @@ class MLP:
 
     sizes: tuple[int, ...]
     activation: str = "tanh"
+    supports_taps: ClassVar[bool] = True
 
     def __post_init__(self):
         if len(self.sizes) < 2 or any(int(s) < 1 for s in self.sizes):
@@ -128,6 +125,11 @@ class MLP:
             if i < len(params) - 1:
                 h = self.act.f(h)
         return h
+
+    def jet(self, params: Params, x: jax.Array, derivs: taylor.Derivatives) -> taylor.Jet:
+        """Outputs and derivatives at ``x (N, in_dim)`` (one Taylor-mode pass, without the
+        layer inputs of :func:`pinnopt.taylor.jet`)."""
+        return taylor.jet(self, params, x, derivs)[0]
 
 
 def parse_net(spec: str | tuple[int, ...] | list[int], in_dim: int, out_dim: int,

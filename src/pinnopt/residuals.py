@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from pinnopt.geometry import Sampler
-from pinnopt.nets import MLP, Params
-from pinnopt.taylor import Derivatives, Jet, jet
+from pinnopt.models import Model
+from pinnopt.nets import Params
+from pinnopt.taylor import Derivatives, Jet
 
 Batch = dict[str, jax.Array]
 """Points per residual group, ``{group name: (N_g, dim)}``."""
@@ -56,20 +57,21 @@ class ResidualGroup:
         if self.role not in ROLES:
             raise ValueError(f"group {self.name!r}: role {self.role!r} not in {', '.join(ROLES)}")
 
-    def residual(self, net: MLP, params: Params, x: jax.Array) -> jax.Array:
-        """Residuals at points ``x (N, dim)``, shape ``(N, c)``."""
-        out, _ = jet(net, params, x, self.derivs)
+    def residual(self, net: Model, params: Params, x: jax.Array) -> jax.Array:
+        """Residuals at points ``x (N, dim)``, shape ``(N, c)``, from the model's jet."""
+        out = net.jet(params, x, self.derivs)
         r = jax.vmap(self.fn)(x, out)
         return r.reshape(x.shape[0], -1)
 
 
 class Objective:
-    """A problem's residual groups bound to a network: residuals, loss, errors.
+    """A problem's residual groups bound to a model (:class:`pinnopt.models.Model`):
+    residuals, loss, errors.
 
     Every method consumes this one object. ``batch`` maps group names to points.
     """
 
-    def __init__(self, problem, net: MLP, dtype=jnp.float64):
+    def __init__(self, problem, net: Model, dtype=jnp.float64):
         self.problem = problem
         self.net = net
         self.dtype = jnp.dtype(dtype)

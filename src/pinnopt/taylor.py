@@ -1,5 +1,5 @@
 """Taylor-mode ("forward Laplacian") pass of an MLP: value, directional derivatives and a
-weighted sum of second directional derivatives in one forward sweep (METHODS.md §2).
+weighted sum of second directional derivatives in one forward sweep (docs/methods.md §2).
 
 The pass propagates, per point, a stack of ``S`` slots through every layer:
 
@@ -17,19 +17,50 @@ first gives the spatial Laplacian of the heat equation; ``c_i = ±1`` a wave ope
 Because every slot passes through the same weights, each linear layer is a weight-shared
 layer with ``S`` inputs per point: the pass returns those stacked inputs, and accepts additive
 "taps" on the stacked outputs whose gradient is the backpropagated output error per slot.
-That is exactly what KFAC for PINNs (METHODS.md §4) consumes.
+That is exactly what KFAC for PINNs (docs/methods.md §4) consumes.
+
+The pass starts from the jet of its inputs: for an MLP on the raw points that is the identity
+(:func:`coordinates`: value x, directional derivatives v_i, second-order term 0), but it can be
+the jet of any input map. With the jets of elementwise functions (:func:`elementwise`),
+products (:func:`product`) and linear maps (:func:`linear`), models built from several MLPs
+(input encodings, positivity maps, velocity averages) get their derivatives from the same
+pass, slot by slot, with no second derivative system.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pinnopt.nets import MLP, Params
+LayerParams = Sequence[dict[str, jax.Array]]
+"""One ``{"W": (out, in), "b": (out,)}`` per linear layer (:data:`pinnopt.nets.Params`)."""
+
+
+class Activation(NamedTuple):
+    """An elementwise nonlinearity with its first two derivatives (all ``z -> same shape``):
+    what the pass needs of every activation, and :func:`elementwise` of any map."""
+
+    f: Callable[[jax.Array], jax.Array]
+    df: Callable[[jax.Array], jax.Array]
+    d2f: Callable[[jax.Array], jax.Array]
+
+
+class Network(Protocol):
+    """What the pass needs of a network (:class:`pinnopt.nets.MLP`): its layer sizes
+    ``(in_dim, ..., out_dim)`` and the activation between layers."""
+
+    @property
+    def sizes(self) -> tuple[int, ...]: ...
+
+    @property
+    def in_dim(self) -> int: ...
+
+    @property
+    def act(self) -> Activation: ...
 
 
 @dataclass(frozen=True)
@@ -83,11 +114,12 @@ def _eye(dim: int) -> tuple[tuple[float, ...], ...]:
 
 
 class Jet(NamedTuple):
-    """Network outputs and their derivatives.
+    """Outputs and their derivatives along the ``k`` directions of a :class:`Derivatives`.
 
-    Batched: ``value (N, m)``, ``grad (N, k, m)``, ``second (N, m)``; for one point the
-    leading ``N`` is absent. ``grad`` has ``k = 0`` columns and ``second`` is ``None`` when
-    not requested.
+    Batched: ``value (N, m)``, ``grad (N, k, m)`` (``∂_{v_i}`` of every output), ``second
+    (N, m)`` (``Σ_i c_i ∂²_{v_i}``); for one point the leading ``N`` is absent. ``grad`` has
+    ``k = 0`` rows when no direction is requested and ``second`` is ``None`` when the
+    second-order term is not. A jet is a pytree: :func:`linear` maps every slot at once.
     """
 
     value: jax.Array
@@ -95,80 +127,127 @@ class Jet(NamedTuple):
     second: jax.Array | None
 
 
-def jet(
-    net: MLP,
-    params: Params,
-    x: jax.Array,
+def coordinates(x: jax.Array, derivs: Derivatives) -> Jet:
+    """The jet of the identity at points ``x (N, d)``: value ``x``, ``grad`` the directions
+    ``(N, k, d)``, ``second`` zero (``None`` unless requested)."""
+    n, d = x.shape
+    if any(len(v) != d for v in derivs.directions):
+        raise ValueError(
+            f"every direction needs the points' {d} coordinates, got {derivs.directions}")
+    directions = jnp.asarray(np.asarray(derivs.directions, dtype=float).reshape(-1, d), x.dtype)
+    second = jnp.zeros((n, d), x.dtype) if derivs.second is not None else None
+    return Jet(x, jnp.broadcast_to(directions, (n, derivs.num_directions, d)), second)
+
+
+def constant(value: jax.Array, derivs: Derivatives) -> Jet:
+    """The jet of a quantity ``(N, m)`` that does not depend on the coordinates."""
+    n, m = value.shape
+    second = jnp.zeros_like(value) if derivs.second is not None else None
+    return Jet(value, jnp.zeros((n, derivs.num_directions, m), value.dtype), second)
+
+
+def _weights(derivs: Derivatives, dtype) -> jax.Array:
+    return jnp.asarray(derivs.second, dtype=dtype)
+
+
+def elementwise(u: Jet, fn: Activation, derivs: Derivatives) -> Jet:
+    """The jet of ``σ(u)`` for an elementwise ``σ`` with derivatives ``fn = (σ, σ', σ'')``:
+
+        σ(u),   σ'(u) ∂_i u,   σ'(u) Σ_i c_i ∂²_i u + σ''(u) Σ_i c_i (∂_i u)².
+    """
+    slope = fn.df(u.value)
+    second = None
+    if u.second is not None:
+        curvature = jnp.einsum("k,...kh->...h", _weights(derivs, u.value.dtype), u.grad**2)
+        second = slope * u.second + fn.d2f(u.value) * curvature
+    return Jet(fn.f(u.value), slope[..., None, :] * u.grad, second)
+
+
+def product(a: Jet, b: Jet, derivs: Derivatives) -> Jet:
+    """The jet of the elementwise product ``a·b`` (broadcast over outputs):
+
+        ∂_i(ab) = ∂_i a b + a ∂_i b,   Σ_i c_i ∂²_i(ab) = L_a b + 2 Σ_i c_i ∂_i a ∂_i b + a L_b.
+    """
+    grad = a.grad * b.value[..., None, :] + a.value[..., None, :] * b.grad
+    second = None
+    if derivs.second is not None:
+        cross = jnp.einsum("k,...kh->...h", _weights(derivs, a.value.dtype), a.grad * b.grad)
+        second = a.second * b.value + 2.0 * cross + a.value * b.second
+    return Jet(a.value * b.value, grad, second)
+
+
+def linear(fn: Callable[..., jax.Array], *jets: Jet) -> Jet:
+    """The jet of ``fn(*jets)`` for ``fn`` linear in its arguments (sums, differences,
+    contractions, selections of outputs): ``fn`` applied slot by slot. ``fn`` acts on the
+    last (output) axis and broadcasts over the leading ones (``(N,)`` or ``(N, k)``)."""
+    return jax.tree_util.tree_map(fn, *jets)
+
+
+def concatenate(jets: Sequence[Jet]) -> Jet:
+    """Jets side by side: the outputs of all ``jets`` in order."""
+    return linear(lambda *a: jnp.concatenate(a, axis=-1), *jets)
+
+
+def propagate(
+    net: Network,
+    params: LayerParams,
+    inputs: Jet,
     derivs: Derivatives,
     taps: Sequence[jax.Array] | None = None,
 ) -> tuple[Jet, list[jax.Array]]:
-    """One Taylor-mode forward pass at points ``x (N, d)``.
+    """The Taylor-mode pass of ``net`` from the jet of its inputs, ``inputs.value (N, in_dim)``.
 
-    Returns the :class:`Jet` and, per linear layer, its stacked inputs ``(N, S, fan_in)``
-    (slot order as in the module docstring; the bias input, 1 for the value slot and 0 for
-    the others, is not included). ``taps``, if given, is one array ``(N, S, fan_out)`` per
-    layer added to that layer's stacked outputs; differentiating a function of the result
+    Returns the output :class:`Jet` and, per linear layer, its stacked inputs ``(N, S,
+    fan_in)`` (slot order as in the module docstring; the bias input, 1 for the value slot and
+    0 for the others, is not included). ``taps``, if given, is one array ``(N, S, fan_out)``
+    per layer added to that layer's stacked outputs; differentiating a function of the result
     with respect to the taps at zero gives the per-slot output gradients.
     """
-    n, d = x.shape
-    if d != net.in_dim:
-        raise ValueError(f"points have {d} coordinates, the net takes {net.in_dim}")
+    if inputs.value.shape[-1] != net.in_dim:
+        raise ValueError(
+            f"points have {inputs.value.shape[-1]} coordinates, the net takes {net.in_dim}")
     k = derivs.num_directions
-    has_second = derivs.second is not None
     # The slots are carried as separate arrays (value (N, h), directional (N, k, h), second
     # (N, h)) rather than one stacked array: that avoids a concatenation and a scatter per
     # layer in the forward and backward pass. Stacked views are built only for the layer
     # inputs, and vanish under jit when unused.
-    value = x
-    grad = jnp.broadcast_to(jnp.asarray(np.asarray(derivs.directions), x.dtype), (n, k, d)) if k else None
-    second = jnp.zeros((n, d), x.dtype) if has_second else None
-    weights = jnp.asarray(derivs.second, dtype=x.dtype) if has_second else None
-
-    act = net.act
+    out = inputs
     layer_inputs = []
     last = len(params) - 1
     for i, layer in enumerate(params):
-        layer_inputs.append(_stack(value, grad, second))
-        w = layer["W"]
-        value = value @ w.T + layer["b"]
-        if k:
-            grad = grad @ w.T
-        if has_second:
-            second = second @ w.T
+        layer_inputs.append(_stack(out))
+        out = linear(lambda a: a @ layer["W"].T, out)
+        value = out.value + layer["b"]
         if taps is not None:
-            value = value + taps[i][:, 0]
-            if k:
-                grad = grad + taps[i][:, 1 : 1 + k]
-            if has_second:
-                second = second + taps[i][:, -1]
-        if i == last:
-            break
-        s1 = act.df(value)
-        if has_second:
-            curvature = jnp.einsum("k,nkh->nh", weights, grad**2)
-            second = s1 * second + act.d2f(value) * curvature
-        if k:
-            grad = s1[:, None, :] * grad
-        value = act.f(value)
-
-    out = Jet(
-        value=value,
-        grad=grad if k else jnp.zeros((n, 0, value.shape[-1]), x.dtype),
-        second=second,
-    )
+            out = Jet(value + taps[i][:, 0], out.grad + taps[i][:, 1 : 1 + k],
+                      None if out.second is None else out.second + taps[i][:, -1])
+        else:
+            out = out._replace(value=value)
+        if i < last:
+            out = elementwise(out, net.act, derivs)
     return out, layer_inputs
 
 
-def _stack(value, grad, second) -> jax.Array:
+def jet(
+    net: Network,
+    params: LayerParams,
+    x: jax.Array,
+    derivs: Derivatives,
+    taps: Sequence[jax.Array] | None = None,
+) -> tuple[Jet, list[jax.Array]]:
+    """One Taylor-mode pass of ``net`` at points ``x (N, d)``: :func:`propagate` from
+    :func:`coordinates`. Returns the :class:`Jet` and the stacked layer inputs."""
+    return propagate(net, params, coordinates(x, derivs), derivs, taps)
+
+
+def _stack(u: Jet) -> jax.Array:
     """Slots stacked as ``(N, S, width)``."""
-    parts = [value[:, None]]
-    if grad is not None:
-        parts.append(grad)
-    if second is not None:
-        parts.append(second[:, None])
-    return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    parts = [u.value[:, None], u.grad]
+    if u.second is not None:
+        parts.append(u.second[:, None])
+    return jnp.concatenate(parts, axis=1)
 
 
-def tap_shapes(net: MLP, n: int, derivs: Derivatives) -> list[tuple[int, int, int]]:
+def tap_shapes(net: Network, n: int, derivs: Derivatives) -> list[tuple[int, int, int]]:
     """Shapes of the taps :func:`jet` accepts for ``n`` points."""
     return [(n, derivs.num_slots, fan_out) for fan_out in net.sizes[1:]]

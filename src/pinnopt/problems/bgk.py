@@ -1,5 +1,5 @@
 """The BGK equation in the Euler scaling with the asymptotic-preserving loss of [APNN]
-(METHODS.md §8), for one ε or a range of ε with the ε encoding.
+(docs/methods.md §8), for one ε or a range of ε with the ε encoding.
 
     ε (∂_t f + v ∂_x f) = M[ρ,u,T] − f,   M = ρ/√(2πT) exp(−(v−u)²/(2T)),
     x ∈ [−0.5, 0.5], v ∈ [−10, 10], t ∈ [0, 0.1],   ρ = ⟨f⟩, ρu = ⟨v f⟩, E = ½⟨v² f⟩, ⟨·⟩ = ∫dv,
@@ -42,12 +42,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from pinnopt.geometry import Box
-from pinnopt.nets import MLP, Params
+from pinnopt.nets import ACTIVATIONS, MLP
 from pinnopt.problems.base import Problem
 from pinnopt.problems.kinetic import (
+    EXP,
     EpsEncoding,
     PhaseSpaceModel,
     cached_reference,
+    column,
     eps_tag,
     eval_grid,
     gauss_legendre,
@@ -55,9 +57,11 @@ from pinnopt.problems.kinetic import (
     model_group,
     parse_eps,
     parse_widths,
+    partials,
     per_eps_metrics,
 )
 from pinnopt.reference.bgk import STATE_LEFT, STATE_RIGHT, X_LEFT, X_RIGHT, solve_bgk
+from pinnopt.taylor import Derivatives, Jet, concatenate, coordinates, elementwise, linear, product
 
 FIELDS = ("rho", "u", "T", "f")
 MACRO = ("rho", "u", "T")
@@ -91,7 +95,7 @@ class BGKModel(PhaseSpaceModel):
     f_net: MLP | None = None
     macro_net: MLP | None = None
 
-    # -- the MLP-like interface -------------------------------------------------------------
+    # -- the model interface -----------------------------------------------------------------
     @property
     def num_params(self) -> int:
         return self.f_net.num_params + self.macro_net.num_params + self.encoding.num_params
@@ -105,49 +109,54 @@ class BGKModel(PhaseSpaceModel):
         params = {"f": self.f_net.init(k_f, dtype), "macro": self.macro_net.init(k_m, dtype)}
         return self.init_encoding(params, k_e, dtype)
 
-    def apply(self, params: Params, X: jax.Array) -> jax.Array:
+    def jet(self, params: dict, X: jax.Array, derivs: Derivatives) -> Jet:
+        """ρ, u, T and f = exp(f̂ − v²/2) at the points' velocities, ``(N, 4)``, with their
+        derivatives along ``derivs`` (directions in ``(t, x, v, eps)``)."""
+        log_f = self.point_jet(self.f_net, params, "f", X, derivs, velocity=True)
+        v = column(coordinates(X, derivs), 2)
+        half_v2 = linear(lambda a: 0.5 * a, product(v, v, derivs))
+        f = elementwise(linear(jnp.subtract, log_f, half_v2), EXP, derivs)
+        return concatenate([self.macro_jet(params, X, derivs), f])
+
+    def apply(self, params: dict, X: jax.Array) -> jax.Array:
         """``(N, 4)``: ρ, u, T and f at the points' velocities."""
-        q, _, _ = self.macro_jet(params, X, derivs="")
-        log_f = self.f_net.apply(params["f"], self.inputs(params, X, X[:, 2]))[:, 0]
-        return jnp.concatenate([q, jnp.exp(log_f - 0.5 * X[:, 2] ** 2)[:, None]], axis=1)
+        return self.jet(params, X, partials("")).value
 
-    # -- fields and derivatives ------------------------------------------------------------
-    def macro_jet(self, params: Params, X: jax.Array, derivs: str = "tx"):
-        """(ρ, u, T) ``(N, 3)`` and its ∂_t, ∂_x (those named in ``derivs``, else None)."""
-        a, a_t, a_x = self.derivatives(self.macro_net, params["macro"], self.inputs(params, X), derivs)
-        # ρ = softplus(a₀), u = a₁, T = softplus(a₂); the chain factor per column:
-        slope = jnp.stack([jax.nn.sigmoid(a[:, 0]), jnp.ones_like(a[:, 1]),
-                           jax.nn.sigmoid(a[:, 2])], axis=1)
-        q = jnp.stack([jax.nn.softplus(a[:, 0]), a[:, 1], jax.nn.softplus(a[:, 2])], axis=1)
-        return q, None if a_t is None else slope * a_t, None if a_x is None else slope * a_x
+    # -- fields and derivatives (a test replaces these by exact functions) ------------------
+    def macro_jet(self, params: dict, X: jax.Array, derivs: Derivatives) -> Jet:
+        """(ρ, u, T) = (softplus(a₀), a₁, softplus(a₂)) of the macro network's outputs a,
+        ``value (N, 3)``."""
+        a = self.point_jet(self.macro_net, params, "macro", X, derivs, velocity=False)
+        positive = elementwise(a, ACTIVATIONS["softplus"], derivs)
+        softplus_columns = jnp.array([True, False, True])
+        return linear(lambda p, b: jnp.where(softplus_columns, p, b), positive, a)
 
-    def f_jet(self, params: Params, X: jax.Array, derivs: str = "tx"):
-        """f, ∂_t f, ∂_x f at every velocity node, ``(N, nv)`` each (as :meth:`macro_jet`)."""
-        shape = (X.shape[0], len(self.nodes))
-        h, h_t, h_x = self.derivatives(self.f_net, params["f"], self.at_nodes(params, X), derivs)
+    def f_jet(self, params: dict, X: jax.Array, derivs: Derivatives) -> Jet:
+        """f = exp(f̂ − v_k²/2) at every velocity node, ``value (N, nv)``."""
+        log_f = self.node_jet(self.f_net, params, "f", X, derivs)
         v, _ = self.quadrature(X.dtype)
-        f = jnp.exp(h.reshape(shape) - 0.5 * v**2)
-        return (f, None if h_t is None else f * h_t.reshape(shape),
-                None if h_x is None else f * h_x.reshape(shape))
+        return elementwise(log_f._replace(value=log_f.value - 0.5 * v**2), EXP, derivs)
 
     # -- residuals ---------------------------------------------------------------------------
     def _unit_weights(self, dtype) -> jax.Array:
         _, w = self.quadrature(dtype)
         return w / jnp.sum(w)
 
-    def kinetic(self, params: Params, X: jax.Array) -> jax.Array:
+    def kinetic(self, params: dict, X: jax.Array) -> jax.Array:
         """√ŵ_k (ε (∂_t f + v ∂_x f) − (M[ρ,u,T] − f)) at the nodes, ``(N, nv)``."""
-        q, _, _ = self.macro_jet(params, X, derivs="")
-        f, f_t, f_x = self.f_jet(params, X, derivs="tx")
+        q = self.macro_jet(params, X, partials("")).value
+        f = self.f_jet(params, X, partials("tx"))
+        f_t, f_x = f.grad[:, 0], f.grad[:, 1]
         v, _ = self.quadrature(X.dtype)
         eps = X[:, 3:4]
-        r = eps * (f_t + v * f_x) - (maxwellian(q, v) - f)
+        r = eps * (f_t + v * f_x) - (maxwellian(q, v) - f.value)
         return jnp.sqrt(self._unit_weights(X.dtype)) * r
 
-    def conservation(self, params: Params, X: jax.Array) -> jax.Array:
+    def conservation(self, params: dict, X: jax.Array) -> jax.Array:
         """∂_t(ρ, ρu, E) + ∂_x(⟨v f⟩, ⟨v² f⟩, ½⟨v³ f⟩), ``(N, 3)``."""
-        q, q_t, _ = self.macro_jet(params, X, derivs="t")
-        _, _, f_x = self.f_jet(params, X, derivs="x")
+        macro = self.macro_jet(params, X, partials("t"))
+        q, q_t = macro.value, macro.grad[:, 0]
+        f_x = self.f_jet(params, X, partials("x")).grad[:, 0]
         v, w = self.quadrature(X.dtype)
         rho, u, T = q[:, 0], q[:, 1], q[:, 2]
         rho_t, u_t, T_t = q_t[:, 0], q_t[:, 1], q_t[:, 2]
@@ -156,24 +165,24 @@ class BGKModel(PhaseSpaceModel):
         flux_x = f_x @ (w[:, None] * jnp.stack([v, v**2, 0.5 * v**3], axis=1))
         return jnp.stack([rho_t, momentum_t, energy_t], axis=1) + flux_x
 
-    def moments(self, params: Params, X: jax.Array) -> jax.Array:
+    def moments(self, params: dict, X: jax.Array) -> jax.Array:
         """(ρ, ρu, E) − (⟨f⟩, ⟨v f⟩, ½⟨v² f⟩), ``(N, 3)``."""
-        q, _, _ = self.macro_jet(params, X, derivs="")
-        f, _, _ = self.f_jet(params, X, derivs="")
+        q = self.macro_jet(params, X, partials("")).value
+        f = self.f_jet(params, X, partials("")).value
         v, w = self.quadrature(X.dtype)
         rho, u, T = q[:, 0], q[:, 1], q[:, 2]
         conserved = jnp.stack([rho, rho * u, 0.5 * rho * (u**2 + T)], axis=1)
         return conserved - f @ (w[:, None] * jnp.stack([jnp.ones_like(v), v, 0.5 * v**2], axis=1))
 
-    def boundary(self, params: Params, X: jax.Array) -> jax.Array:
+    def boundary(self, params: dict, X: jax.Array) -> jax.Array:
         """(ρ, u, T) − their initial values at the walls, ``(N, 3)``."""
-        q, _, _ = self.macro_jet(params, X, derivs="")
+        q = self.macro_jet(params, X, partials("")).value
         return q - initial_macro(X[:, 1])
 
-    def initial(self, params: Params, X: jax.Array) -> jax.Array:
+    def initial(self, params: dict, X: jax.Array) -> jax.Array:
         """(ρ, u, T) − data, then √ŵ_k (f − M[data]) at the nodes: ``(N, 3 + nv)``."""
-        q, _, _ = self.macro_jet(params, X, derivs="")
-        f, _, _ = self.f_jet(params, X, derivs="")
+        q = self.macro_jet(params, X, partials("")).value
+        f = self.f_jet(params, X, partials("")).value
         q0 = initial_macro(X[:, 1])
         v, _ = self.quadrature(X.dtype)
         f_res = jnp.sqrt(self._unit_weights(X.dtype)) * (f - maxwellian(q0, v))

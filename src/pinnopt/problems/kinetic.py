@@ -1,8 +1,13 @@
-"""Shared pieces of the kinetic problems (``transport``, ``bgk``; METHODS.md §8).
+"""Shared pieces of the kinetic problems (``transport``, ``bgk``; docs/methods.md §8).
 
 - the ε encoding: ε is a point coordinate (its raw value); a model turns it into network
   inputs, log10 ε normalised to [−1, 1] over [ε_min, ε_max], optionally passed through a small
   embedding network whose output (a latent code) is concatenated to the other inputs;
+- :class:`PhaseSpaceModel`, the base of the kinetic models: network inputs and their jets,
+  jets of member networks at every velocity node. The models are :class:`pinnopt.models.Model`
+  s: every derivative, of the residuals and of ``jet``, comes from the Taylor-mode pass of
+  their member MLPs (:func:`pinnopt.taylor.propagate`) composed with the jets of the input
+  encoding, the positivity maps and the velocity averages;
 - per-point sampling of ε (log-uniform, or stratified by decade);
 - residual groups evaluated by a whole model rather than pointwise on one MLP's jet
   (velocity averages need every quadrature node of a point);
@@ -27,7 +32,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +40,17 @@ import numpy as np
 
 from pinnopt.nets import MLP, Params
 from pinnopt.residuals import ResidualGroup
+from pinnopt.taylor import (
+    Activation,
+    Derivatives,
+    Jet,
+    concatenate,
+    constant,
+    coordinates,
+    elementwise,
+    linear,
+    propagate,
+)
 
 EPS_SAMPLING = ("log-uniform", "decades", "values")
 EMBED_HIDDEN = 16
@@ -70,11 +86,12 @@ class EpsRange:
     def contains(self, eps: float) -> bool:
         return self.lo * (1 - 1e-9) <= eps <= self.hi * (1 + 1e-9)
 
-    def encode(self, eps: jax.Array) -> jax.Array:
-        """log10 ε mapped affinely from [log10 lo, log10 hi] onto [−1, 1] (0 when fixed)."""
+    def encode(self, eps: Jet, derivs: Derivatives) -> Jet:
+        """The jet of log10 ε mapped affinely from [log10 lo, log10 hi] onto [−1, 1] (0 when
+        fixed), from the jet of ε ``(N, 1)``."""
         if self.fixed:
-            return jnp.zeros_like(eps)
-        return 2.0 * (jnp.log10(eps) - math.log10(self.lo)) / self.decades - 1.0
+            return linear(jnp.zeros_like, eps)
+        return rescale(elementwise(eps, LOG10, derivs), math.log10(self.lo), math.log10(self.hi))
 
     def values(self) -> tuple[float, ...]:
         """The powers of ten in the range, with its ends: the ``values`` sampling's set."""
@@ -155,12 +172,17 @@ class EpsEncoding:
     def init(self, key: jax.Array, dtype=jnp.float64) -> Params:
         return self.embed_net.init(key, dtype) if self.embed_net else []
 
+    def jet(self, params: Params, eps: Jet, derivs: Derivatives) -> Jet:
+        """The jet of the input columns ``(N, width)`` from the jet of ε ``(N, 1)``."""
+        if self.range.fixed:
+            return linear(lambda a: a[..., :0], eps)
+        code = self.range.encode(eps, derivs)
+        return propagate(self.embed_net, params, code, derivs)[0] if self.embed_net else code
+
     def __call__(self, params: Params, eps: jax.Array) -> jax.Array:
         """Input columns ``(N, width)`` for ε values ``(N,)``."""
-        if self.range.fixed:
-            return jnp.zeros((eps.shape[0], 0), eps.dtype)
-        z = self.range.encode(eps)[:, None]
-        return self.embed_net.apply(params, z) if self.embed_net else z
+        values = Derivatives.value()
+        return self.jet(params, coordinates(eps[:, None], values), values).value
 
 
 # -- networks, nets specs --------------------------------------------------------------------
@@ -186,29 +208,6 @@ def parse_widths(spec: str, presets: dict[str, tuple[tuple[int, ...], ...]], cou
     return widths
 
 
-def value_and_grads(net: MLP, params: Params, inputs: jax.Array, cols: Sequence[int]
-                    ) -> tuple[jax.Array, jax.Array]:
-    """Network value ``(N, m)`` and its derivatives along input columns ``cols``,
-    ``(N, len(cols), m)``.
-
-    One forward-mode pass (``jax.jvp``) per direction: for these shapes (tens of thousands of
-    rows, a few narrow layers) separate passes ran about twice as fast on a CPU as one
-    Taylor-mode pass carrying the stacked slots (``pinnopt.taylor.jet``), and only first
-    derivatives are needed.
-    """
-    def apply(z):
-        return net.apply(params, z)
-
-    value, grads = None, []
-    for c in cols:
-        direction = jnp.zeros_like(inputs).at[:, c].set(1.0)
-        value, tangent = jax.jvp(apply, (inputs,), (direction,))
-        grads.append(tangent)
-    if value is None:
-        value = apply(inputs)
-    return value, jnp.stack(grads, axis=1) if grads else jnp.zeros((inputs.shape[0], 0, net.out_dim), inputs.dtype)
-
-
 def gauss_legendre(nv: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     """Nodes (ascending) and weights of ∫_lo^hi dv."""
     if isinstance(nv, bool) or not isinstance(nv, int) or nv < 2 or nv % 2:
@@ -218,13 +217,41 @@ def gauss_legendre(nv: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarra
     return lo + half * (v + 1.0), half * w
 
 
+def rescale(u: Jet, lo: float, hi: float) -> Jet:
+    """The jet of ``u`` mapped affinely from [lo, hi] onto [−1, 1]."""
+    width = hi - lo
+    return Jet(2.0 * (u.value - lo) / width - 1.0, 2.0 * u.grad / width,
+               None if u.second is None else 2.0 * u.second / width)
+
+
+def column(u: Jet, j: int) -> Jet:
+    """Output ``j`` of a jet, kept as a column: ``value (N, 1)``, ``grad (N, k, 1)``."""
+    return linear(lambda a: a[..., j:j + 1], u)
+
+
+def partials(coords: str) -> Derivatives:
+    """First derivatives along the named coordinates of a ``(t, x, v, eps)`` row, in the order
+    given: ``partials("tx")`` asks for ∂_t and ∂_x, ``partials("")`` for values only."""
+    return Derivatives(tuple(tuple(1.0 if c == name else 0.0 for c in ("t", "x", "v", "eps"))
+                             for name in coords))
+
+
+LOG10 = Activation(jnp.log10, lambda e: 1.0 / (e * math.log(10.0)),
+                   lambda e: -1.0 / (e * e * math.log(10.0)))
+RECIPROCAL = Activation(lambda e: 1.0 / e, lambda e: -1.0 / e**2, lambda e: 2.0 / e**3)
+EXP = Activation(jnp.exp, jnp.exp, jnp.exp)
+
+
 @dataclass(frozen=True)
 class PhaseSpaceModel:
-    """Inputs, velocity quadrature and derivatives shared by the kinetic models.
+    """Inputs, velocity quadrature and member-network jets shared by the kinetic models.
 
     Network inputs are ``(t̃, x̃[, ṽ], code)``: t and x mapped affinely onto [−1, 1],
     ṽ = v / v_scale, and the ε encoding's columns. ``weights`` are the quadrature weights of
-    the problem's velocity average ⟨·⟩ at ``nodes``.
+    the problem's velocity average ⟨·⟩ at ``nodes``. Derivatives are requested along
+    directions in the raw point coordinates ``(t, x, v, eps)`` (:func:`partials` for the
+    residuals' ∂_t, ∂_x); at the velocity nodes ṽ is fixed, so a direction's v component
+    does not reach the networks there.
     """
 
     encoding: EpsEncoding
@@ -233,39 +260,57 @@ class PhaseSpaceModel:
     v_scale: float
     nodes: tuple[float, ...]
     weights: tuple[float, ...]
+    supports_taps: ClassVar[bool] = False  # several networks: no single layer structure
 
     def quadrature(self, dtype) -> tuple[jax.Array, jax.Array]:
         """Velocity nodes v_k and weights w_k, ``(nv,)`` each, in ``dtype``."""
         return jnp.asarray(self.nodes, dtype), jnp.asarray(self.weights, dtype)
 
-    def scale(self, dtype) -> jax.Array:
-        """d(t̃, x̃)/d(t, x): input-space derivatives times this are ∂_t, ∂_x."""
+    def encoded(self, params: dict, X: jax.Array, derivs: Derivatives) -> tuple[Jet, Jet, Jet]:
+        """Jets of the input columns at rows ``X = (t, x, v, eps)`` ``(N, 4)``: ``(t̃, x̃)``
+        ``(N, 2)``, ``ṽ`` ``(N, 1)`` and the ε code ``(N, width)``."""
+        point = coordinates(X, derivs)
         lo, hi = self.x_range
-        return jnp.array([2.0 / self.t_final, 2.0 / (hi - lo)], dtype)
+        space_time = concatenate([rescale(column(point, 0), 0.0, self.t_final),
+                                  rescale(column(point, 1), lo, hi)])
+        velocity = linear(lambda a: a / self.v_scale, column(point, 2))
+        code = self.encoding.jet(params.get("embed", []), column(point, 3), derivs)
+        return space_time, velocity, code
 
-    def inputs(self, params: dict, X: jax.Array, v: jax.Array | None = None) -> jax.Array:
-        """Network inputs at rows ``X = (t, x, v, eps)``; with ``v`` given, ṽ is included."""
-        lo, hi = self.x_range
-        cols = [2.0 * X[:, :1] / self.t_final - 1.0, 2.0 * (X[:, 1:2] - lo) / (hi - lo) - 1.0]
-        if v is not None:
-            cols.append(v[:, None] / self.v_scale)
-        cols.append(self.encoding(params.get("embed", []), X[:, 3]))
-        return jnp.concatenate(cols, axis=1)
+    def inputs(self, params: dict, X: jax.Array, derivs: Derivatives, velocity: bool) -> Jet:
+        """Jet of the network inputs at the rows, ``(N, 2 [+ 1] + width)``; ``velocity``
+        includes ṽ of the row's own v."""
+        space_time, v, code = self.encoded(params, X, derivs)
+        return concatenate([space_time, v, code] if velocity else [space_time, code])
 
-    def at_nodes(self, params: dict, X: jax.Array) -> jax.Array:
-        """``(N·nv, in_dim)`` inputs: every row of ``X`` at every velocity node (row-major)."""
+    def at_nodes(self, params: dict, X: jax.Array, derivs: Derivatives) -> Jet:
+        """Jet of the ``(N·nv, 3 + width)`` inputs of every row at every velocity node
+        (row-major); ṽ = v_k / v_scale there is a constant."""
         nv = len(self.nodes)
-        v = jnp.tile(self.quadrature(X.dtype)[0], X.shape[0])
-        return self.inputs(params, jnp.repeat(X, nv, axis=0), v)
+        space_time, _, code = self.encoded(params, X, derivs)
+        repeat = lambda u: linear(lambda a: jnp.repeat(a, nv, axis=0), u)  # noqa: E731
+        v = jnp.tile(self.quadrature(X.dtype)[0], X.shape[0])[:, None] / self.v_scale
+        return concatenate([repeat(space_time), constant(v, derivs), repeat(code)])
 
-    def derivatives(self, net: MLP, params: Params, inputs: jax.Array, derivs: str):
-        """Network values ``(M, m)`` and, for each of ``t``, ``x`` named in ``derivs``, their
-        derivatives in the physical coordinate ``(M, m)`` (None for those not named)."""
-        cols = [i for i, c in enumerate("tx") if c in derivs]
-        value, grad = value_and_grads(net, params, inputs, cols)
-        scale = self.scale(inputs.dtype)
-        d = {"tx"[c]: grad[:, j] * scale[c] for j, c in enumerate(cols)}
-        return value, d.get("t"), d.get("x")
+    def point_jet(self, net: MLP, params: dict, name: str, X: jax.Array, derivs: Derivatives,
+                  velocity: bool) -> Jet:
+        """Member network ``name`` (``net``, parameters ``params[name]``) at the rows,
+        ``value (N, m)``; ``velocity``: on the rows' own v (the networks of f)."""
+        return propagate(net, params[name], self.inputs(params, X, derivs, velocity), derivs)[0]
+
+    def node_jet(self, net: MLP, params: dict, name: str, X: jax.Array, derivs: Derivatives
+                 ) -> Jet:
+        """One-output member network ``name`` at every row and velocity node, one output per
+        node: ``value (N, nv)``, ``grad (N, k, nv)``, ``second (N, nv)``."""
+        out, _ = propagate(net, params[name], self.at_nodes(params, X, derivs), derivs)
+        n, nv, k = X.shape[0], len(self.nodes), derivs.num_directions
+        return Jet(out.value.reshape(n, nv), jnp.swapaxes(out.grad.reshape(n, nv, k), 1, 2),
+                   None if out.second is None else out.second.reshape(n, nv))
+
+    def average(self, u: Jet) -> Jet:
+        """The jet of the velocity average ⟨u⟩ = Σ_k w_k u_k of a per-node jet, ``(N, 1)``."""
+        w = self.quadrature(u.value.dtype)[1]
+        return linear(lambda a: (a @ w)[..., None], u)
 
     def init_encoding(self, params: dict, key: jax.Array, dtype) -> dict:
         if self.encoding.embed_net is not None:

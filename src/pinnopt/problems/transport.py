@@ -1,5 +1,5 @@
 """Linear transport in the diffusive scaling, with a vanilla and an asymptotic-preserving
-(micro–macro) PINN loss, for one ε or a whole range of ε (METHODS.md §8, [APNN]).
+(micro–macro) PINN loss, for one ε or a whole range of ε (docs/methods.md §8, [APNN]).
 
     ε ∂_t f + v ∂_x f = (ρ − f)/ε,   ρ = ⟨f⟩ = ½ ∫_{−1}^{1} f dv,   x ∈ [0,1], v ∈ [−1,1], t ∈ [0,T],
     f(t,0,v>0) = 1,  f(t,1,v<0) = 0,  f(0,x,v) = 0.
@@ -46,13 +46,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from pinnopt.geometry import Box
-from pinnopt.nets import MLP, Params
+from pinnopt.nets import MLP
 from pinnopt.problems.base import Problem
 from pinnopt.problems.kinetic import (
+    RECIPROCAL,
     EpsEncoding,
-    EpsRange,
     PhaseSpaceModel,
     cached_reference,
+    column,
     eps_tag,
     eval_grid,
     gauss_legendre,
@@ -60,9 +61,20 @@ from pinnopt.problems.kinetic import (
     model_group,
     parse_eps,
     parse_widths,
+    partials,
     per_eps_metrics,
 )
 from pinnopt.reference.transport import solve_transport
+from pinnopt.taylor import (
+    Activation,
+    Derivatives,
+    Jet,
+    concatenate,
+    coordinates,
+    elementwise,
+    linear,
+    product,
+)
 
 LOSSES = ("apnn", "vanilla")
 FIELDS = ("rho", "g", "f")
@@ -82,11 +94,11 @@ class _KineticBase(PhaseSpaceModel):
     The quadrature weights are those of ⟨·⟩ = ½∫dv (Σ w_k = 1)."""
 
     # -- the residuals both losses share ---------------------------------------------------
-    def f_nodes(self, params: Params, X: jax.Array) -> jax.Array:
+    def f_nodes(self, params: dict, X: jax.Array) -> jax.Array:
         """f at every velocity node, ``(N, nv)``."""
         raise NotImplementedError
 
-    def boundary(self, params: Params, X: jax.Array) -> jax.Array:
+    def boundary(self, params: dict, X: jax.Array) -> jax.Array:
         """Inflow residual at the nv/2 incoming nodes, ``(N, nv/2)``; rows with x = 0 take
         v_k > 0 and data 1, rows with x = 1 take v_k < 0 (mirrored order) and data 0."""
         f = self.f_nodes(params, X)
@@ -97,7 +109,7 @@ class _KineticBase(PhaseSpaceModel):
         _, w = self.quadrature(f.dtype)
         return jnp.sqrt(2.0 * w[half:]) * (incoming - data)
 
-    def initial(self, params: Params, X: jax.Array) -> jax.Array:
+    def initial(self, params: dict, X: jax.Array) -> jax.Array:
         """f(0, x, v_k) − 0, ``(N, nv)``."""
         return jnp.sqrt(self.quadrature(X.dtype)[1]) * self.f_nodes(params, X)
 
@@ -115,7 +127,7 @@ class MicroMacroModel(_KineticBase):
     g_net: MLP | None = None
     rho_sharpness: float = 1.0
 
-    # -- the MLP-like interface -------------------------------------------------------------
+    # -- the model interface -----------------------------------------------------------------
     @property
     def num_params(self) -> int:
         return self.rho_net.num_params + self.g_net.num_params + self.encoding.num_params
@@ -129,57 +141,70 @@ class MicroMacroModel(_KineticBase):
         params = {"rho": self.rho_net.init(k_rho, dtype), "g": self.g_net.init(k_g, dtype)}
         return self.init_encoding(params, k_e, dtype)
 
-    def apply(self, params: Params, X: jax.Array) -> jax.Array:
+    def jet(self, params: dict, X: jax.Array, derivs: Derivatives) -> Jet:
+        """ρ, g and f = ρ + εg at the points' velocities, ``(N, 3)``, with their derivatives
+        along ``derivs`` (directions in ``(t, x, v, eps)``); g = ĝ(v) − ⟨ĝ⟩."""
+        rho = self.rho_jet(params, X, derivs)
+        g_at_v = self.point_jet(self.g_net, params, "g", X, derivs, velocity=True)
+        g = linear(jnp.subtract, g_at_v, self.average(self.g_hat_jet(params, X, derivs)))
+        eps = column(coordinates(X, derivs), 3)
+        return concatenate([rho, g, linear(jnp.add, rho, product(eps, g, derivs))])
+
+    def apply(self, params: dict, X: jax.Array) -> jax.Array:
         """``(N, 3)``: ρ, g and f = ρ + εg at the points' velocities."""
-        rho, _, _ = self.rho_jet(params, X, derivs="")
-        g_hat_at_v = self.g_net.apply(params["g"], self.inputs(params, X, X[:, 2]))[:, 0]
-        g_hat, _, _ = self.g_hat_jet(params, X, derivs="")
-        g = g_hat_at_v - g_hat @ self.quadrature(X.dtype)[1]
-        return jnp.stack([rho, g, rho + X[:, 3] * g], axis=1)
+        return self.jet(params, X, partials("")).value
 
-    # -- the fields and their derivatives (a test replaces these by exact functions) --------
-    def rho_jet(self, params: Params, X: jax.Array, derivs: str = "tx"):
-        """ρ, ∂_t ρ, ∂_x ρ at the points, each ``(N,)``; only the derivatives named in
-        ``derivs`` (``""``, ``"x"``, ``"tx"``) are computed, the others are None."""
-        r, r_t, r_x = (None if a is None else a[:, 0] for a in
-                       self.derivatives(self.rho_net, params["rho"], self.inputs(params, X), derivs))
+    # -- the fields and their derivatives (a test replaces the first two by exact functions) -
+    def rho_jet(self, params: dict, X: jax.Array, derivs: Derivatives) -> Jet:
+        """ρ = softplus(βρ̂)/β at the points, ``value (N, 1)``."""
+        rho_hat = self.point_jet(self.rho_net, params, "rho", X, derivs, velocity=False)
+        return elementwise(rho_hat, self._positive, derivs)
+
+    @property
+    def _positive(self) -> Activation:
+        """r ↦ softplus(βr)/β and its first two derivatives."""
         beta = self.rho_sharpness
-        slope = jax.nn.sigmoid(beta * r)  # ρ = softplus(βr)/β
-        return (jax.nn.softplus(beta * r) / beta, None if r_t is None else slope * r_t,
-                None if r_x is None else slope * r_x)
 
-    def g_hat_jet(self, params: Params, X: jax.Array, derivs: str = "tx"):
-        """ĝ, ∂_t ĝ, ∂_x ĝ at every velocity node, each ``(N, nv)`` (as :meth:`rho_jet`)."""
-        shape = (X.shape[0], len(self.nodes))
-        out = self.derivatives(self.g_net, params["g"], self.at_nodes(params, X), derivs)
-        return tuple(None if a is None else a.reshape(shape) for a in out)
+        def curvature(r):
+            s = jax.nn.sigmoid(beta * r)
+            return beta * s * (1.0 - s)
 
-    def f_nodes(self, params: Params, X: jax.Array) -> jax.Array:
-        rho, _, _ = self.rho_jet(params, X, derivs="")
-        g_hat, _, _ = self.g_hat_jet(params, X, derivs="")
-        g = g_hat - (g_hat @ self.quadrature(X.dtype)[1])[:, None]
-        return rho[:, None] + X[:, 3:4] * g
+        return Activation(lambda r: jax.nn.softplus(beta * r) / beta,
+                          lambda r: jax.nn.sigmoid(beta * r), curvature)
+
+    def g_hat_jet(self, params: dict, X: jax.Array, derivs: Derivatives) -> Jet:
+        """ĝ at every velocity node, ``value (N, nv)``."""
+        return self.node_jet(self.g_net, params, "g", X, derivs)
+
+    def g_jet(self, params: dict, X: jax.Array, derivs: Derivatives) -> Jet:
+        """g = ĝ − ⟨ĝ⟩ at every velocity node, ``value (N, nv)``: ⟨·⟩ is linear, so every
+        slot (value, ∂_i, second-order term) has zero velocity average."""
+        w = self.quadrature(X.dtype)[1]
+        return linear(lambda a: a - (a @ w)[..., None], self.g_hat_jet(params, X, derivs))
+
+    def f_nodes(self, params: dict, X: jax.Array) -> jax.Array:
+        values = partials("")
+        rho, g = self.rho_jet(params, X, values), self.g_jet(params, X, values)
+        return rho.value + X[:, 3:4] * g.value
 
     # -- the APNN residuals --------------------------------------------------------------------
-    # ⟨·⟩ commutes with ∂_t and ∂_x, so g = ĝ − ⟨ĝ⟩ gives ∂g = ∂ĝ − ⟨∂ĝ⟩ and
-    # ∂_x⟨v g⟩ = ⟨v ∂_x g⟩, all from ĝ and its derivatives at the nodes.
-    def micro(self, params: Params, X: jax.Array) -> jax.Array:
+    # ⟨·⟩ commutes with ∂_t and ∂_x, so ∂_x⟨v g⟩ = ⟨v ∂_x g⟩, from g's jet at the nodes.
+    def micro(self, params: dict, X: jax.Array) -> jax.Array:
         """√w_k (ε² ∂_t g + ε (v ∂_x g − ∂_x⟨v g⟩) + v ∂_x ρ + g) at the nodes, ``(N, nv)``."""
-        _, _, rho_x = self.rho_jet(params, X, derivs="x")
-        g_hat, g_hat_t, g_hat_x = self.g_hat_jet(params, X, derivs="tx")
+        rho_x = self.rho_jet(params, X, partials("x")).grad[:, 0]
+        g = self.g_jet(params, X, partials("tx"))
+        g_t, g_x = g.grad[:, 0], g.grad[:, 1]
         eps, (v, w) = X[:, 3:4], self.quadrature(X.dtype)
-        g, g_t, g_x = (a - (a @ w)[:, None] for a in (g_hat, g_hat_t, g_hat_x))
         mean_v_gx = ((g_x * v) @ w)[:, None]
-        r = eps**2 * g_t + eps * (v * g_x - mean_v_gx) + v * rho_x[:, None] + g
+        r = eps**2 * g_t + eps * (v * g_x - mean_v_gx) + v * rho_x + g.value
         return jnp.sqrt(w) * r
 
-    def macro(self, params: Params, X: jax.Array) -> jax.Array:
+    def macro(self, params: dict, X: jax.Array) -> jax.Array:
         """∂_t ρ + ∂_x ⟨v g⟩, ``(N, 1)``."""
-        _, rho_t, _ = self.rho_jet(params, X, derivs="t")
-        _, _, g_hat_x = self.g_hat_jet(params, X, derivs="x")
+        rho_t = self.rho_jet(params, X, partials("t")).grad[:, 0]
+        g_x = self.g_jet(params, X, partials("x")).grad[:, 0]
         v, w = self.quadrature(X.dtype)
-        g_x = g_hat_x - (g_hat_x @ w)[:, None]
-        return (rho_t + (g_x * v) @ w)[:, None]
+        return rho_t + ((g_x * v) @ w)[:, None]
 
 
 @dataclass(frozen=True)
@@ -199,24 +224,33 @@ class VanillaModel(_KineticBase):
         k_f, k_e = jax.random.split(key)
         return self.init_encoding({"f": self.f_net.init(k_f, dtype)}, k_e, dtype)
 
-    def f_nodes(self, params: Params, X: jax.Array) -> jax.Array:
-        n, nv = X.shape[0], len(self.nodes)
-        return self.f_net.apply(params["f"], self.at_nodes(params, X))[:, 0].reshape(n, nv)
+    def f_jet(self, params: dict, X: jax.Array, derivs: Derivatives) -> Jet:
+        """f at every velocity node, ``value (N, nv)``."""
+        return self.node_jet(self.f_net, params, "f", X, derivs)
 
-    def apply(self, params: Params, X: jax.Array) -> jax.Array:
+    def f_nodes(self, params: dict, X: jax.Array) -> jax.Array:
+        return self.f_jet(params, X, partials("")).value
+
+    def jet(self, params: dict, X: jax.Array, derivs: Derivatives) -> Jet:
+        """ρ = ⟨f⟩, g = (f − ρ)/ε and f at the points' velocities, ``(N, 3)``, with their
+        derivatives along ``derivs`` (directions in ``(t, x, v, eps)``)."""
+        f = self.point_jet(self.f_net, params, "f", X, derivs, velocity=True)
+        rho = self.average(self.f_jet(params, X, derivs))
+        inverse_eps = elementwise(column(coordinates(X, derivs), 3), RECIPROCAL, derivs)
+        g = product(linear(jnp.subtract, f, rho), inverse_eps, derivs)
+        return concatenate([rho, g, f])
+
+    def apply(self, params: dict, X: jax.Array) -> jax.Array:
         """``(N, 3)``: ρ = ⟨f⟩, g = (f − ρ)/ε and f at the points' velocities."""
-        f = self.f_net.apply(params["f"], self.inputs(params, X, X[:, 2]))[:, 0]
-        rho = self.f_nodes(params, X) @ self.quadrature(X.dtype)[1]
-        return jnp.stack([rho, (f - rho) / X[:, 3], f], axis=1)
+        return self.jet(params, X, partials("")).value
 
-    def kinetic(self, params: Params, X: jax.Array) -> jax.Array:
+    def kinetic(self, params: dict, X: jax.Array) -> jax.Array:
         """√w_k (ε ∂_t f + v ∂_x f − (⟨f⟩ − f)/ε) at the nodes, ``(N, nv)``."""
-        shape = (X.shape[0], len(self.nodes))
-        out = self.derivatives(self.f_net, params["f"], self.at_nodes(params, X), "tx")
-        f, f_t, f_x = (a.reshape(shape) for a in out)
+        f = self.f_jet(params, X, partials("tx"))
+        f_t, f_x = f.grad[:, 0], f.grad[:, 1]
         eps, (v, w) = X[:, 3:4], self.quadrature(X.dtype)
-        rho = (f @ w)[:, None]
-        return jnp.sqrt(w) * (eps * f_t + v * f_x - (rho - f) / eps)
+        rho = (f.value @ w)[:, None]
+        return jnp.sqrt(w) * (eps * f_t + v * f_x - (rho - f.value) / eps)
 
 
 def make_model(loss: str, encoding: EpsEncoding, t_final: float, nv: int, rho_sharpness: float = 1.0):
