@@ -47,7 +47,7 @@ class Sink(Protocol):
         """One evaluation row, in step order."""
 
     def checkpoint(self, state: TrainState) -> None:
-        """A state to resume from, its arrays on the host."""
+        """A state to resume from (gathered from the devices in a data-parallel run)."""
 
     def reconfigured(self, config: RunConfig) -> None:
         """The run's configuration changed (safer settings after a divergence)."""
