@@ -30,10 +30,10 @@ class Problem:
     value; errors then use only the finite entries. ``error_groups`` adds errors of several
     fields taken together, e.g. ``{"velocity": ("u", "v")}``.
 
-    ``model``, when set, replaces the plain MLP: ``model(net_spec, activation)`` returns an
-    object with the MLP's interface (``init(key, dtype)``, ``apply(params, x)``,
-    ``num_params``, ``describe()``), for problems with several networks or input encodings.
-    Methods that need the MLP's layer structure (KFAC) reject such models.
+    ``model``, when set, replaces the plain MLP: ``model(net_spec, activation)`` returns a
+    :class:`pinnopt.models.Model` (``init``, ``apply``, ``num_params``, ``describe()``,
+    ``jet``), for problems with several networks or input encodings. Methods that need the
+    MLP's per-layer taps (KFAC) reject models without ``supports_taps``.
 
     ``metrics``, when set, adds problem-specific errors: ``metrics(x, u, reference) -> dict``
     of scalars from the evaluation points ``x``, the predictions ``u (N, len(fields))`` and the
