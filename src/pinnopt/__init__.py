@@ -5,6 +5,7 @@ from pinnopt._version import __version__  # noqa: F401
 from pinnopt import methods
 from pinnopt.config import ConfigError, RunConfig
 from pinnopt.geometry import Box
+from pinnopt.models import Model
 from pinnopt.nets import MLP
 from pinnopt.optim import METHODS, MethodValue, make_method
 from pinnopt.problems import PROBLEMS, Problem, make_problem, register_problem
@@ -16,7 +17,7 @@ from pinnopt.train import RunError, resume, train
 from pinnopt.precision import float64
 
 __all__ = [
-    "Box", "ConfigError", "Derivatives", "Jet", "METHODS", "MLP", "MethodValue", "Objective",
+    "Box", "ConfigError", "Derivatives", "Jet", "METHODS", "MLP", "MethodValue", "Model", "Objective",
     "PROBLEMS", "Problem", "ResidualGroup", "RunConfig", "RunError", "float64", "jet",
     "make_method", "make_problem", "methods", "predict", "register_problem", "resume", "train",
 ]

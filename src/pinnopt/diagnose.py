@@ -1,6 +1,6 @@
 """``pinnopt diagnose gradient-noise``: how much of the loss gradient is noise early in training.
 
-The diagnosis of [FLUX] (METHODS.md §6): early in training the network output carries
+The diagnosis of [FLUX] (docs/methods.md §6): early in training the network output carries
 perturbations, and a residual with a k-th order operator amplifies a mode of wavenumber ω by
 ω^k, so the gradient of a high-order residual is dominated by noise. This module measures
 that, per residual group, for each formulation of a problem (standard = second order,

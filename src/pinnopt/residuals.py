@@ -1,4 +1,4 @@
-"""Residual groups, the loss, and their evaluation on a network (METHODS.md §1).
+"""Residual groups, the loss, and their evaluation on a network (docs/methods.md §1).
 
 A problem is a set of named residual groups ``r_g(θ) ∈ R^{N_g × c_g}``, each evaluated on its
 own points. The loss is
