@@ -246,8 +246,3 @@ def _stack(u: Jet) -> jax.Array:
     if u.second is not None:
         parts.append(u.second[:, None])
     return jnp.concatenate(parts, axis=1)
-
-
-def tap_shapes(net: Network, n: int, derivs: Derivatives) -> list[tuple[int, int, int]]:
-    """Shapes of the taps :func:`jet` accepts for ``n`` points."""
-    return [(n, derivs.num_slots, fan_out) for fan_out in net.sizes[1:]]
