@@ -29,10 +29,12 @@ setting's default, the default value itself, e.g. ``inner="lbfgs"`` in ``alm`` i
 L-BFGS with memory 100) and a table ``{"name": ..., **settings}`` (a table without a name
 modifies the default), which is how TOML files and ``--opt inner.damping=1e-8`` spell them.
 
-A slot says what it *provides* to the method put in it (``loss``: only a loss function, as
-the augmented Lagrangian gives its inner method; ``residuals``: the residual vector and its
-groups), and a method says what it *needs*; one that does not fit is refused with a one-line
-error naming why.
+A slot says what it *provides* to the method put in it (``loss``: a loss function;
+``residuals``: the residual vector and its per-point residual functions; ``groups``: the
+residual groups by role), and a method says what it *needs*; one that does not fit is refused
+with a one-line error naming why. Where what a slot provides depends on the holder's other
+settings (``lagrange`` with ``form="linear"`` has no residual form), the holder's ``check``
+refuses the combination, also with one line, when the value is made.
 
 *Aliases* keep old names working: ``adam-lbfgs`` and the multi-task names (``hrgrad``,
 ``pcgrad``, ...) take the flat settings they always took and expand to the composed value.
@@ -76,8 +78,9 @@ class Slot:
     transform: bool = False
 
 
-InnerMethod = Annotated[Any, Slot("method", frozenset({"loss"}))]
-"""A method optimising a loss handed to it (the augmented Lagrangian's inner method)."""
+InnerMethod = Annotated[Any, Slot("method", frozenset({"loss", "residuals"}))]
+"""A method optimising a loss handed to it, or a stacked residual whose ½‖·‖² is that loss up
+to a constant (the augmented Lagrangian's inner method)."""
 AnyMethod = Annotated[Any, Slot("method")]
 """A method optimising the holder's own objective (a phase of a sequence)."""
 Aggregator = Annotated[Any, Slot("aggregator")]
@@ -162,6 +165,8 @@ class Definition:
     settings). ``safer(value)`` is the value to retry with after a divergence (more damping, a
     smaller step) or ``None``. ``transform(**settings)``, for gradient methods, is their optax
     transformation. ``legacy(settings)`` rewrites settings of an older spelling.
+    ``check(settings)`` (every setting, explicit over default) returns why a combination of
+    settings is refused, in one line, or ``None``.
     """
 
     name: str
@@ -174,6 +179,7 @@ class Definition:
     transform: Callable[..., optax.GradientTransformation] | None = None
     legacy: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     alias: bool = False
+    check: Callable[[Mapping[str, Any]], str | None] | None = None
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -295,9 +301,12 @@ AGGREGATORS = REGISTRY["aggregator"]
 def method(name: str, summary: str, *, needs: tuple[str, ...] = ("loss",),
            safer: Callable[[MethodValue], MethodValue | None] | None = None,
            legacy: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-           namespace: str = "method", transform: bool = False) -> Callable[[Callable], Definition]:
+           namespace: str = "method", transform: bool = False,
+           check: Callable[[Mapping[str, Any]], str | None] | None = None
+           ) -> Callable[[Callable], Definition]:
     """Register a builder ``fn(target, *, settings...)`` as a definition; returns the
-    definition, which called with settings gives a :class:`MethodValue`.
+    definition, which called with settings gives a :class:`MethodValue`. ``check``: see
+    :class:`Definition`.
 
     With ``transform=True`` the builder returns an optax transformation of its settings alone
     (no target); the method applies it to the loss gradient, and it fits :data:`Optimizer`.
@@ -316,7 +325,7 @@ def method(name: str, summary: str, *, needs: tuple[str, ...] = ("loss",),
                 return gradient_method(objective, builder(**kw))
 
         definition = Definition(name, namespace, build, summary, settings, frozenset(needs),
-                                safer, grad_transform, legacy)
+                                safer, grad_transform, legacy, check=check)
         REGISTRY[namespace][name] = definition
         return definition
 
@@ -375,6 +384,10 @@ def make_value(definition: Definition, settings: Mapping[str, Any], where: str =
             accepted = ", ".join(definition.settings) or "none"
             raise ValueError(f"{where.rstrip(': .')} has no setting {key!r}; accepted: {accepted}")
         explicit[key] = coerce(definition.settings[key], raw, where)
+    if definition.check is not None:
+        refused = definition.check({**definition.hparams, **explicit})
+        if refused:
+            raise ValueError(f"{where}{refused}")
     if definition.alias:
         expanded = definition.build(None, **{**definition.hparams, **explicit})
         return _AliasValue(expanded.definition, expanded.explicit, definition, explicit)

@@ -44,9 +44,20 @@ re-initialises the inner state every outer step instead. The defaults (20 inner 
 memory 100, at most 25 line-search evaluations) are PyTorch's ``LBFGS`` defaults, which the
 notebooks use.
 
-The inner method is a value (``alm(inner=adam(lr=1e-2))``); it is built on the Lagrangian,
-which offers it a loss and nothing else, so any loss-based method fits (``sgd``, ``adam``,
-``lbfgs``, a ``sequence`` of them) and a Gauss–Newton method is refused with a message.
+The inner method is a value (``alm(inner=adam(lr=1e-2))``). A loss-based one (``sgd``,
+``adam``, ``lbfgs``, a ``sequence`` of them) is built on the Lagrangian, which offers it a loss.
+A Gauss–Newton one (``engd``, ``hessian-free``, ``spring``, ``subspace-lm``, and on a plain MLP
+``kfac``, ``kfac-star``) is built on :class:`ShiftedResiduals`: for fixed duals L is a sum of
+squares plus a constant,
+
+    squared form, μ > 0:   L = ½‖[√(2w_g) r_g ; √μ_j (r_j² + λ_j/μ_j)]‖² − Σ_j λ_j²/(2μ_j)
+    linear form,  μ > 0:   L = ½‖[√(2w_g) r_g ; √μ_j (r_j  + λ_j/μ_j)]‖² − Σ_j λ_j²/(2μ_j)
+    squared form, μ = 0:   L = ½‖[√(2w_g) r_g ; √(2λ_j) r_j]‖²              (``lagrange``, λ ≥ 0)
+
+(``√(2w_g/N_g)`` for ``objective_scale="mean"``), whose stacked residual has per-point
+residual functions, so every Gauss–Newton step applies unchanged. The linear form without a
+penalty (``lagrange``, ``form="linear"``) is not least squares; a Gauss–Newton inner method is
+refused there with a one-line message.
 
 Multipliers are tied to points, so the points must stay fixed: problems that redraw their
 points every step are refused.
@@ -54,7 +65,8 @@ points every step are refused.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, NamedTuple
+import dataclasses
+from typing import Any, Callable, Literal, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +76,7 @@ from jax import lax
 from pinnopt.nets import Params
 from pinnopt.optim.base import InnerMethod, Method, MethodValue, lookup, method, safer_inner
 from pinnopt.optim.first_order import lbfgs
-from pinnopt.residuals import ROLES, Batch, Objective
+from pinnopt.residuals import ROLES, Batch, Objective, ResidualGroup
 
 Tree = Any
 """A dict of arrays keyed by constraint group name (``(N_g, c_g)`` each), or a single array."""
@@ -221,6 +233,149 @@ class Lagrangian:
 
 
 # ---------------------------------------------------------------------------------------------
+# The Lagrangian as a least-squares problem, for Gauss–Newton inner methods
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftedGroup(ResidualGroup):
+    """A residual group whose points carry ``extra`` columns of per-point data after the
+    coordinates (the multipliers and penalties of a constraint point).
+
+    ``fn(x, jet)`` receives the whole row (coordinates, then the data); the network sees only
+    the coordinates (:meth:`points`), in :meth:`residual` and in KFAC's Taylor-mode pass.
+    """
+
+    extra: int = 0
+
+    def points(self, x: jax.Array) -> jax.Array:
+        """The coordinates: ``x`` without its last ``extra`` columns."""
+        return x[..., :x.shape[-1] - self.extra]
+
+    def residual(self, net, params: Params, x: jax.Array) -> jax.Array:
+        out = net.jet(params, self.points(x), self.derivs)
+        return jax.vmap(self.fn)(x, out).reshape(x.shape[0], -1)
+
+
+def shifted_constraint(fn: Callable, components: int, form: str, penalised: bool) -> Callable:
+    """The per-point shifted constraint residual ``s(x, jet)`` of a constraint residual ``fn``.
+
+    The row ``x`` is ``[coordinates, λ (c), μ (c)]`` (``[coordinates, λ (c)]`` without a
+    penalty), ``r = fn(coordinates, jet)`` and ``C = r²`` (squared form) or ``r`` (linear):
+
+        with a penalty (μ > 0):   s = √μ (C + λ/μ),    ½ s² = λC + ½μC² + λ²/(2μ)
+        without (squared form):   s = √(2λ) r,         ½ s² = λ r² = λC
+
+    (λ < 0 is taken as 0 without a penalty; squared-form multipliers start at 1 and only
+    grow, so that never happens in ``lagrange``.)
+    """
+    c = components
+    extra = 2 * c if penalised else c
+
+    def residual(x: jax.Array, u: Any) -> jax.Array:
+        r = jnp.reshape(fn(x[:-extra], u), (-1,))
+        lam = x[-extra:][:c]
+        if not penalised:
+            return jnp.sqrt(2.0 * jnp.maximum(lam, 0.0)) * r
+        mu = x[-c:]
+        value = r**2 if form == "squared" else r
+        return jnp.sqrt(mu) * (value + lam / mu)
+
+    return residual
+
+
+def no_residual_form(form: str, penalised: bool) -> str | None:
+    """Why ``L(·; λ, μ)`` is not a sum of squares plus a constant, or ``None`` when it is."""
+    if form == "linear" and not penalised:
+        return ("with form='linear' and no penalty the Lagrangian J + Σ λ r is linear in the "
+                "constraint residuals, not a sum of squares")
+    return None
+
+
+class ShiftedResiduals(Objective):
+    """The Lagrangian for fixed duals as a least-squares problem: ``L(θ; λ, μ) = ½‖s(θ)‖² + K``.
+
+    The stacked residual ``s`` has, group by group in the objective's order,
+
+        objective group g:    √(2 w_g) r_g   (``objective_scale="sum"``)
+                              √(2 w_g / N_g) r_g   (``"mean"``)
+        constraint group j:   √μ_j (C_j + λ_j/μ_j)  with a penalty,  √(2λ_j) r_j  without
+                              (squared form only; see :func:`shifted_constraint`)
+
+    and ``K = −Σ_j λ_j² / (2μ_j)`` with a penalty, ``0`` without (:meth:`constant`). It is an
+    :class:`Objective`, so every Gauss–Newton method (``engd``, ``hessian-free``, ``spring``,
+    ``subspace-lm``, and on a plain MLP ``kfac``, ``kfac-star``) minimises it unchanged: its
+    batch (:meth:`batch`) carries each constraint point's ``λ`` and ``μ`` after its coordinates,
+    its groups are :class:`ShiftedGroup` with per-point residual functions, and the scale
+    ``sqrt(w/N)`` of :meth:`Objective.scales` is folded into the groups' weights (objective
+    groups ``2 w_g N_g`` or ``2 w_g``, constraint groups ``N_j``, i.e. scale 1).
+    """
+
+    def __init__(self, lagrangian: "Lagrangian", penalised: bool):
+        reason = no_residual_form(lagrangian.form, penalised)
+        if reason is not None:
+            raise ValueError(reason)
+        objective = lagrangian.objective
+        super().__init__(objective.problem, objective.net, objective.dtype)
+        self.lagrangian = lagrangian
+        self.penalised = penalised
+        self.components = {name: shape[1]
+                           for name, shape in lagrangian.constraint_shapes().items()}
+        constrained = {g.name for g in lagrangian.constraint_groups}
+        groups = []
+        for g in objective.groups:
+            if g.name in constrained:
+                c = self.components[g.name]
+                fn = shifted_constraint(g.fn, c, lagrangian.form, penalised)
+                groups.append(ShiftedGroup(g.name, g.sampler, g.n, fn, g.derivs,
+                                           float(g.n), g.role, 2 * c if penalised else c))
+            else:
+                per_point = 2.0 * g.weight
+                weight = per_point if lagrangian.objective_scale == "mean" else per_point * g.n
+                groups.append(ShiftedGroup(g.name, g.sampler, g.n, g.fn, g.derivs, weight,
+                                           g.role, 0))
+        self.groups = tuple(groups)
+
+    def batch(self, batch: Batch, duals: Duals) -> Batch:
+        """The points with each constraint point's ``λ`` (and ``μ``, broadcast to ``(N_j, c_j)``)
+        appended as columns: ``(N_j, dim + 2 c_j)`` (``dim + c_j`` without a penalty)."""
+        out = dict(batch)
+        for name, lam in duals.multipliers.items():
+            x = batch[name]
+            columns = [x, lam.astype(x.dtype)]
+            if self.penalised:
+                mu = duals.penalty[name] if isinstance(duals.penalty, Mapping) else duals.penalty
+                columns.append(jnp.broadcast_to(mu, lam.shape).astype(x.dtype))
+            out[name] = jnp.concatenate(columns, axis=1)
+        return out
+
+    def constant(self, duals: Duals) -> jax.Array:
+        """``K = L − ½‖s‖² = −Σ λ² / (2μ)`` (0 without a penalty)."""
+        if not self.penalised:
+            return jnp.zeros((), self.dtype)
+        total = jnp.zeros((), self.dtype)
+        for name, lam in duals.multipliers.items():
+            mu = duals.penalty[name] if isinstance(duals.penalty, Mapping) else duals.penalty
+            total = total - jnp.sum(lam**2 / (2.0 * mu))
+        return total
+
+
+def needs_residuals(inner: MethodValue) -> bool:
+    """Whether the inner method is built on :class:`ShiftedResiduals` (it needs residuals)."""
+    return "residuals" in inner.needs
+
+
+def check_inner(settings: Mapping[str, Any], penalised: bool) -> str | None:
+    """The one-line refusal of a Gauss–Newton inner method where L has no residual form."""
+    inner = settings["inner"]
+    if isinstance(inner, MethodValue) and needs_residuals(inner):
+        reason = no_residual_form(settings["form"], penalised)
+        if reason is not None:
+            return (f"inner={inner.name} does not fit: it needs residuals, but {reason}; use "
+                    f"form='squared', alm or capu, or a loss-based inner method (lbfgs, adam)")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # The outer loop shared by the three methods
 
 
@@ -264,12 +419,17 @@ def _constrained_method(
     penalty: Callable[[NamedTuple], Any],
     dual_update: Callable[[NamedTuple, jax.Array, dict[str, jax.Array], jax.Array],
                           tuple[NamedTuple, dict[str, jax.Array]]],
+    penalised: bool = True,
 ) -> Method:
     """An outer loop: ``inner_steps`` inner steps on ``L(·; λ, μ)``, then ``dual_update``.
 
     ``init_duals(shapes, dtype)`` returns the method's state with ``inner=None``;
-    ``penalty(state)`` the μ entering L; ``dual_update(state, J, C, L)`` the new state and the
-    method's extra info scalars.
+    ``penalty(state)`` the μ entering L (``None`` exactly when not ``penalised``);
+    ``dual_update(state, J, C, L)`` the new state and the method's extra info scalars.
+
+    A loss-based inner method is built on the :class:`Lagrangian` and gets ``(batch, duals)``;
+    one that needs residuals (Gauss–Newton) is built on :class:`ShiftedResiduals` and gets its
+    batch, the points with their duals; the ``loss`` reported is ``L`` either way.
     """
     if objective.problem.resample:
         raise ValueError(
@@ -281,7 +441,13 @@ def _constrained_method(
     inner_steps = outer.inner_steps
     if inner_steps < 1:
         raise ValueError(f"inner_steps must be at least 1, got {inner_steps}")
-    inner = outer.inner.build(lagrangian)
+    view = None
+    if needs_residuals(outer.inner):
+        refused = check_inner({"inner": outer.inner, "form": outer.form}, penalised)
+        if refused:
+            raise ValueError(f"{method_name}: {refused}")
+        view = ShiftedResiduals(lagrangian, penalised)
+    inner = outer.inner.build(lagrangian if view is None else view)
     reset_inner = outer.reset_inner
     shapes = lagrangian.constraint_shapes()
 
@@ -291,18 +457,21 @@ def _constrained_method(
 
     def step(params, state, batch, key):
         inner_state = inner.init(params) if reset_inner else forget_cached_value(state.inner)
-        inputs = (batch, Duals(state.multipliers, penalty(state)))
+        duals = Duals(state.multipliers, penalty(state))
+        inner_batch = (batch, duals) if view is None else view.batch(batch, duals)
 
         def inner_step(i, carry):
             p, s, first_loss = carry
-            p, s, info = inner.step(p, s, inputs, jax.random.fold_in(key, i))
+            p, s, info = inner.step(p, s, inner_batch, jax.random.fold_in(key, i))
             return p, s, jnp.where(i == 0, info["loss"], first_loss)
 
         dtype = jax.tree_util.tree_leaves(params)[0].dtype
         params, inner_state, loss = lax.fori_loop(
             0, inner_steps, inner_step, (params, inner_state, jnp.zeros((), dtype)))
+        if view is not None:
+            loss = loss + view.constant(duals)  # ½‖s‖² at the incoming θ, plus K: L
         objective_value, constraints = lagrangian.parts(params, batch)
-        value = lagrangian.combine(objective_value, constraints, inputs[1])
+        value = lagrangian.combine(objective_value, constraints, duals)
         state, extra = dual_update(state._replace(inner=inner_state), objective_value,
                                    constraints, value)
         out = {
@@ -366,7 +535,11 @@ def alm(objective: Objective, *, mu0: float = 1.0, mu_max: float = 1e4,
         inner: InnerMethod = _INNER_DEFAULT, inner_steps: int = 20,
         constraints: str = "boundary,initial,constraint", form: Form = "squared",
         objective_scale: ObjectiveScale = "sum", reset_inner: bool = False) -> Method:
-    """PECANN augmented Lagrangian with pointwise multipliers and one penalty (module docstring)."""
+    """PECANN augmented Lagrangian with pointwise multipliers and one penalty (module docstring).
+
+    A Gauss–Newton inner method minimises ``½‖s‖²`` of :class:`ShiftedResiduals`, the
+    constraint residuals shifted to ``√μ (C + λ/μ)``; ``L`` differs from it by ``−Σ λ²/(2μ)``.
+    """
     if not 0 < mu0 <= mu_max:
         raise ValueError(f"alm: need 0 < mu0 <= mu_max, got mu0={mu0}, mu_max={mu_max}")
 
@@ -385,12 +558,22 @@ def alm(objective: Objective, *, mu0: float = 1.0, mu_max: float = 1e4,
 
 @method("lagrange",
         "pointwise Lagrange multipliers with adaptive (RMSprop-like) dual steps, no penalty (§6)",
-        needs=("groups",), safer=safer_inner("inner"), legacy=lambda s: legacy_inner(s))
+        needs=("groups",), safer=safer_inner("inner"), legacy=lambda s: legacy_inner(s),
+        check=lambda s: check_inner(s, penalised=False))
 def lagrange(objective: Objective, *, dual_lr: float = 1.0,
              inner: InnerMethod = _INNER_DEFAULT, inner_steps: int = 20,
              constraints: str = "boundary,initial,constraint", form: Form = "squared",
              objective_scale: ObjectiveScale = "sum", reset_inner: bool = False) -> Method:
-    """Pointwise Lagrange multipliers with the adaptive dual step, no penalty (module docstring)."""
+    """Pointwise Lagrange multipliers with the adaptive dual step, no penalty (module docstring).
+
+    With a Gauss–Newton inner method (``inner=engd()``, ``spring()``, ...) and the squared form,
+    the inner problem ``J + Σ λ_j r_j²`` is the plain weighted least-squares problem
+    ``½‖[√(2w_g) r_g ; √(2λ_j) r_j]‖²`` (no constant): the multipliers act as per-point
+    weights of the constraint residuals, and the method is an adaptively reweighted
+    Gauss–Newton fit. Since λ starts at 1 and only grows in the squared form, √(2λ) is always
+    real (a negative λ would count as 0). The linear form ``J + Σ λ_j r_j`` is not a sum of
+    squares, so a Gauss–Newton inner method is refused there.
+    """
     if not dual_lr > 0:
         raise ValueError(f"lagrange: dual_lr must be positive, got {dual_lr}")
 
@@ -402,7 +585,8 @@ def lagrange(objective: Objective, *, dual_lr: float = 1.0,
         return state._replace(multipliers=multipliers, v=v), {}
 
     outer = Outer(inner, inner_steps, constraints, form, objective_scale, reset_inner)
-    return _constrained_method("lagrange", objective, outer, init_duals, lambda s: None, update)
+    return _constrained_method("lagrange", objective, outer, init_duals, lambda s: None, update,
+                               penalised=False)
 
 
 @method("capu",
@@ -412,7 +596,11 @@ def capu(objective: Objective, *, eta: float = 0.01, omega: float = 0.999, zeta:
          eps: float = 1e-8, inner: InnerMethod = _INNER_DEFAULT, inner_steps: int = 20,
          constraints: str = "boundary,initial,constraint", form: Form = "squared",
          objective_scale: ObjectiveScale = "sum", reset_inner: bool = False) -> Method:
-    """PECANN-CAPU: pointwise multipliers and conditionally adapted pointwise penalties."""
+    """PECANN-CAPU: pointwise multipliers and conditionally adapted pointwise penalties.
+
+    A Gauss–Newton inner method minimises ``½‖s‖²`` of :class:`ShiftedResiduals`, each
+    constraint residual shifted to ``√μ_j (C_j + λ_j/μ_j)`` with its own penalty.
+    """
     if not eta > 0 or not 0 < omega <= 1 or not 0 <= zeta < 1 or not eps > 0:
         raise ValueError(
             f"capu: need eta > 0, 0 < omega <= 1, 0 <= zeta < 1, eps > 0; got eta={eta}, "

@@ -139,9 +139,18 @@ class PassStats(NamedTuple):
     backprops: list[Array]
 
 
+def _network_points(group: ResidualGroup, x: Array) -> Array:
+    """The columns of a group's points the network sees: all of them, unless the group carries
+    per-point data after the coordinates and says so with ``points(x)`` (the constrained
+    methods' residual view puts each point's multiplier and penalty there)."""
+    points = getattr(group, "points", None)
+    return x if points is None else points(x)
+
+
 def _run_pass(net: MLP, params: Params, spec: _Pass, batch: Batch) -> PassStats:
     xs = [batch[g.name] for g in spec.groups]
-    x = jnp.concatenate(xs) if len(xs) > 1 else xs[0]
+    coords = [_network_points(g, xi) for g, xi in zip(spec.groups, xs)]
+    x = jnp.concatenate(coords) if len(coords) > 1 else coords[0]
     counts = [xi.shape[0] for xi in xs]
     n, slots = x.shape[0], spec.derivs.num_slots
 
