@@ -9,15 +9,16 @@ from pinnopt.models import Model
 from pinnopt.nets import MLP
 from pinnopt.optim import METHODS, MethodValue, make_method
 from pinnopt.problems import PROBLEMS, Problem, make_problem, register_problem
-from pinnopt.report import predict
 from pinnopt.residuals import Objective, ResidualGroup
 from pinnopt.taylor import Derivatives, Jet, jet
 from pinnopt.train import RunError, resume, train
+from pinnopt.trained import TrainedModel, load, predict
 
 from pinnopt.precision import float64
 
 __all__ = [
     "Box", "ConfigError", "Derivatives", "Jet", "METHODS", "MLP", "MethodValue", "Model", "Objective",
-    "PROBLEMS", "Problem", "ResidualGroup", "RunConfig", "RunError", "float64", "jet",
-    "make_method", "make_problem", "methods", "predict", "register_problem", "resume", "train",
+    "PROBLEMS", "Problem", "ResidualGroup", "RunConfig", "RunError", "TrainedModel", "float64",
+    "jet", "load", "make_method", "make_problem", "methods", "predict", "register_problem",
+    "resume", "train",
 ]

@@ -8,6 +8,9 @@
     pinnopt bench SUITE [--quick] [--jobs N] [--dry-run]
     pinnopt diagnose gradient-noise --problem NAME [--formulation F[,F]] [--out DIR] ...
 
+train, report and predict take ``--plugin MODULE``: a module imported first, which registers
+custom problems (or methods); a run records the modules it needs and imports them again.
+
 Bad input gets one line on stderr and exit code 2; a diverged run exits with 3.
 """
 
@@ -80,6 +83,12 @@ def _time_budget(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected seconds or 'none', got {text!r}") from None
 
 
+def _plugin_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plugin", action="append", metavar="MODULE",
+                        help="import MODULE first, for the problems or methods it registers "
+                             "(repeatable; a run records it for --resume, report and predict)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pinnopt._version import __version__
 
@@ -122,17 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
+    _plugin_flag(tr)
 
     ls = sub.add_parser("list", help="list problems and methods")
     ls.add_argument("what", nargs="?", choices=("problems", "methods"), default=None)
 
     rp = sub.add_parser("report", help="figures and summary of a run")
     rp.add_argument("run")
+    _plugin_flag(rp)
 
     pr = sub.add_parser("predict", help="evaluate a trained run at given points")
     pr.add_argument("run")
     pr.add_argument("--points", required=True, help=".npy file with an (N, dim) array")
     pr.add_argument("--out", help="output .npy file (default RUN/predictions.npy)")
+    _plugin_flag(pr)
 
     be = sub.add_parser("bench", help="run a benchmark suite")
     be.add_argument("suite", help="suite name under benchmarks/suites, a suite .toml, or taylor-speed")
@@ -265,8 +277,8 @@ def cmd_report(args) -> int:
 def cmd_predict(args) -> int:
     import numpy as np
 
-    from pinnopt import report
     from pinnopt.train import load_config
+    from pinnopt.trained import load
 
     load_config(args.run)  # a clear error first if RUN is not a run
     try:
@@ -275,7 +287,7 @@ def cmd_predict(args) -> int:
         raise UsageError(f"points file {args.points!r} does not exist") from None
     except (OSError, ValueError) as err:
         raise UsageError(f"points file {args.points!r} is not a readable .npy array: {err}") from None
-    values = report.predict(args.run, points)
+    values = load(args.run).predict(points)
     out = Path(args.out) if args.out else Path(args.run) / "predictions.npy"
     np.save(out, values)
     print(f"wrote {values.shape} values to {out}")
@@ -339,6 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command is None:
             args = parser.parse_args(["train", *(argv or [])])
+        for module in getattr(args, "plugin", None) or ():
+            from pinnopt.plugins import import_plugin
+
+            import_plugin(module)  # before the config names what it registers
         return COMMANDS[args.command](args)
     except (UsageError, ConfigError, RunError, CheckpointError, ValueError) as err:
         print(f"pinnopt: error: {err}", file=sys.stderr)

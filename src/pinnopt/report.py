@@ -1,19 +1,40 @@
-"""Figures and predictions of a finished (or interrupted) run."""
+"""Figures of a finished (or interrupted) run, and its text summary.
+
+Each figure has a builder that returns a matplotlib ``Figure`` (or ``None`` where it does not
+apply to the run's problem) and a ``plot_*`` function that writes it into ``run_dir/plots``;
+:func:`plot_run` writes them all:
+
+    history.png          loss and errors against step and training time (log axes)
+    field_<f>.png        two-coordinate problems: the network's field on a grid; beside it the
+                         reference and the error (diverging colours centred on 0) where the
+                         reference covers the whole grid
+    reference_lines.png  two-coordinate problems whose reference is known along a line only
+                         (cavity: Ghia et al.'s u(y) at x = 1/2 and v(x) at y = 1/2): the
+                         network's profile along that line over the reference points
+    multipliers.png      constrained methods: the multipliers over their points
+    conflict.png         multi-task methods: task-gradient conflict and task losses
+    profiles_eps.png     kinetic problems: scored fields against x for each ε
+"""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from pinnopt.precision import uses_float64
+from pinnopt.trained import TrainedModel, load
 from pinnopt.training.batches import batch_for_step
 from pinnopt.training.rundir import (
     PLOTS, RunError, load_config, load_state, read_history, read_metadata, read_summary,
 )
 from pinnopt.training.setup import build, fresh_state
+
+LINE_STYLES = ("-", "--", ":", "-.")
+"""History curves take the ten colours of ``tab10`` with the first style, then again with the
+next: 40 curves that differ in colour or style."""
 
 
 def _pyplot():
@@ -25,100 +46,180 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def _title(fig, text: str, fontsize: float = 10) -> None:
+    """``text`` as the figure's title, wrapped to the figure's width."""
+    chars = int(fig.get_figwidth() * 72 / (0.55 * fontsize))
+    fig.suptitle(textwrap.fill(text, chars), fontsize=fontsize)
+
+
 def load_run(run_dir: str | Path):
-    """The run's setup and its latest parameters."""
+    """The run's setup (with its evaluation set) and its latest parameters."""
     config = load_config(run_dir)
     setup = build(config)
     state, _ = load_state(run_dir, fresh_state(setup))
     return setup, state["params"]
 
 
-@uses_float64
-def predict(run_dir: str | Path, points: np.ndarray) -> np.ndarray:
-    """Values of the trained fields at ``points (N, dim)``: ``(N, num_fields)``."""
-    setup, params = load_run(run_dir)
-    points = np.asarray(points)
-    dim = setup.problem.dim
-    if points.ndim != 2 or points.shape[1] != dim:
-        raise ValueError(
-            f"points must have shape (N, {dim}) for problem {setup.problem.name!r} "
-            f"(coordinates {', '.join(setup.problem.coords)}), got {points.shape}"
-        )
-    if not (np.issubdtype(points.dtype, np.floating) or np.issubdtype(points.dtype, np.integer)):
-        raise ValueError(f"points must be real numbers, got an array of dtype {points.dtype}")
-    if not np.all(np.isfinite(points)):
-        raise ValueError("points must be finite (the file holds NaN or Inf)")
-    return np.asarray(setup.objective.predict(params, jnp.asarray(points, setup.dtype)))
+def history_figure(history: list[dict[str, Any]], title: str):
+    """Loss and errors against step and against training time, log–log. Log axes have no
+    place for step 0 and time 0: each panel starts at the first row after it."""
+    plt = _pyplot()
+    from matplotlib import ticker
+
+    keys = [k for k in history[0] if k == "loss" or k.startswith(("rms_", "rel_l2_"))]
+    colours = plt.get_cmap("tab10").colors
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    steps = np.array([r["step"] for r in history], float)
+    times = np.array([r["time"] for r in history], float)
+    for ax, xs, label in ((axes[0], steps, "step (from step 1)"),
+                          (axes[1], times, "training time [s] (from step 1)")):
+        shown = xs > 0
+        for i, key in enumerate(keys):
+            ys = np.array([r.get(key, np.nan) for r in history], float)
+            ax.loglog(xs[shown], ys[shown], color=colours[i % len(colours)],
+                      ls=LINE_STYLES[(i // len(colours)) % len(LINE_STYLES)],
+                      lw=1.8 if key == "loss" else 1.2, label=key)
+        ax.set_xlabel(label)
+        ax.set_ylabel("loss and errors" if len(keys) > 1 else "loss")
+        # Ticks at 1, 2, 5 × 10^k with plain labels: minor labels of a short log axis overlap.
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper",
+               fontsize=7 if len(keys) > 8 else 9, ncols=1 + len(keys) // 24)
+    _title(fig, title)
+    return fig
 
 
 def plot_history(history: list[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
-    """Loss and errors vs step and vs training time, log–log."""
-    plt = _pyplot()
-    keys = [k for k in history[0] if k == "loss" or k.startswith(("rms_", "rel_l2_"))]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    steps = np.array([max(r["step"], 1) for r in history], float)
-    times = np.array([max(r["time"], 1e-6) for r in history], float)
-    for ax, xs, label in ((axes[0], steps, "step"), (axes[1], times, "training time [s]")):
-        for k in keys:
-            ys = np.array([r.get(k, np.nan) for r in history], float)
-            ax.loglog(xs, ys, label=k)
-        ax.set_xlabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(title)
-    path = out_dir / "history.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    return [_save(history_figure(history, title), out_dir / "history.png")]
 
 
-def plot_fields(setup, params, out_dir: Path, resolution: int = 101) -> list[Path]:
-    """Solution, reference and error on a grid (problems with two coordinates)."""
-    problem = setup.problem
-    if problem.dim != 2 or problem.solution is None:
-        return []
+def field_figures(model: TrainedModel, resolution: int = 101) -> dict[str, Any]:
+    """``{"field_<f>": figure}`` for a problem with two coordinates: the network's field on a
+    grid, and where the reference covers the whole grid, the reference (same colour scale)
+    and the error (network − reference, diverging colours with limits ±max |error|). A
+    reference known at a few points only is left to :func:`reference_lines_figure` rather
+    than drawn as empty maps."""
+    problem = model.problem
+    if problem.dim != 2:
+        return {}
     plt = _pyplot()
-    grid = problem.domain.grid(resolution).astype(setup.dtype)
-    u = np.asarray(setup.objective.predict(params, grid))
-    ref = np.asarray(problem.reference(grid))
+    grid = np.asarray(problem.domain.grid(resolution))
+    u = model.predict(grid)
+    ref = np.asarray(problem.reference(grid)) if problem.solution is not None else None
     lo, hi = problem.domain.lo, problem.domain.hi
     extent = (lo[0], hi[0], lo[1], hi[1])
-    paths = []
+    figures = {}
     for i, field in enumerate(problem.fields):
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
-        panels = (("network " + field, u[:, i]), ("reference", ref[:, i]),
-                  ("error", u[:, i] - ref[:, i]))
-        for ax, (name, values) in zip(axes, panels):
+        full = ref is not None and bool(np.all(np.isfinite(ref[:, i])))
+        panels = [(f"network {field}", u[:, i])]
+        if full:
+            panels += [(f"reference {field}", ref[:, i]), ("error (network − reference)",
+                                                           u[:, i] - ref[:, i])]
+        low = min(np.min(values) for _, values in panels[:2])
+        high = max(np.max(values) for _, values in panels[:2])
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.8),
+                                 layout="constrained", squeeze=False)
+        for ax, (name, values) in zip(axes[0], panels):
             # grid is 'ij' ordered: axis 0 is coordinate 0; show coordinate 0 horizontally.
             image = values.reshape(resolution, resolution).T
-            cmap = "RdBu_r" if name == "error" else "viridis"
-            im = ax.imshow(image, origin="lower", extent=extent, aspect="auto", cmap=cmap)
+            if name.startswith("error"):
+                limit = float(np.max(np.abs(values))) or 1.0
+                style = {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit}
+            else:
+                style = {"cmap": "viridis", "vmin": low, "vmax": high}
+            im = ax.imshow(image, origin="lower", extent=extent, aspect="auto", **style)
             ax.set_title(name)
             ax.set_xlabel(problem.coords[0])
             ax.set_ylabel(problem.coords[1])
             fig.colorbar(im, ax=ax)
-        path = out_dir / f"field_{field}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+        figures[f"field_{field}"] = fig
+    return figures
 
 
-def plot_multipliers(run_dir: Path, setup, out_dir: Path) -> list[Path]:
+def plot_fields(model: TrainedModel, out_dir: Path) -> list[Path]:
+    return [_save(fig, out_dir / f"{name}.png") for name, fig in field_figures(model).items()]
+
+
+def _reference_lines(model: TrainedModel) -> list[tuple[str, int, np.ndarray, np.ndarray]]:
+    """For each scored field whose reference points (the evaluation points where it is
+    finite, at least three) lie on one line of constant coordinate: ``(field, the fixed
+    coordinate's index, the points (M, 2), the reference there (M,))``."""
+    problem = model.problem
+    if problem.dim != 2 or problem.solution is None:
+        return []
+    x = np.asarray(problem.eval_points())
+    ref = np.asarray(problem.reference(x))
+    lines = []
+    for field in problem.scored_fields:
+        column = ref[:, problem.fields.index(field)]
+        known = np.isfinite(column)
+        if known.sum() < 3:
+            continue
+        fixed = [k for k in range(2) if np.ptp(x[known, k]) == 0]
+        if len(fixed) == 1:
+            lines.append((field, fixed[0], x[known], column[known]))
+    return lines
+
+
+def reference_lines_figure(model: TrainedModel, resolution: int = 201):
+    """Scored fields along the lines where the reference is given (one coordinate fixed):
+    the network's profile over the reference points, with the RMS error at those points.
+    For the cavity: u(y) at x = 1/2 and v(x) at y = 1/2 against Ghia et al. (1982)."""
+    lines = _reference_lines(model)
+    if not lines:
+        return None
+    problem = model.problem
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(lines), figsize=(5 * len(lines), 4), layout="constrained",
+                             squeeze=False)
+    for ax, (field, fixed, points, reference) in zip(axes[0], lines):
+        along, i = 1 - fixed, problem.fields.index(field)
+        order = np.argsort(points[:, along])
+        points, reference = points[order], reference[order]
+        line = np.repeat(points[:1], resolution, axis=0)
+        line[:, along] = np.linspace(problem.domain.lo[along], problem.domain.hi[along],
+                                     resolution)
+        rms = float(np.sqrt(np.mean((model.predict(points)[:, i] - reference) ** 2)))
+        ax.plot(line[:, along], model.predict(line)[:, i], "-", lw=1.5, label="network")
+        ax.plot(points[:, along], reference, "o", mfc="none", color="k", label="reference")
+        ax.set_xlabel(problem.coords[along])
+        ax.set_ylabel(field)
+        ax.set_title(f"{field}({problem.coords[along]}) at {problem.coords[fixed]} = "
+                     f"{points[0, fixed]:g}: RMS error {rms:.2e}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=9)
+    _title(fig, problem.description or problem.name)
+    return fig
+
+
+def plot_reference_lines(model: TrainedModel, out_dir: Path) -> list[Path]:
+    fig = reference_lines_figure(model)
+    return [] if fig is None else [_save(fig, out_dir / "reference_lines.png")]
+
+
+def multipliers_figure(model: TrainedModel):
     """The pointwise multipliers λ of a constrained method (``alm``, ``lagrange``, ``capu``)
     over their constraint points, one panel per group and component (1 or 2 coordinates)."""
-    problem = setup.problem
-    state, _ = load_state(run_dir, fresh_state(setup))
-    multipliers = getattr(state["method_state"], "multipliers", None)
+    problem = model.problem
+    multipliers = getattr(model.method_state, "multipliers", None)
     if problem.dim not in (1, 2) or not isinstance(multipliers, dict) or not multipliers:
-        return []
+        return None
     # The points the multipliers belong to: the run's fixed training batch.
-    config = setup.config
-    batch = batch_for_step(setup.objective, config.seed, state["step"], config.resample_every)
+    config = model.config
+    batch = batch_for_step(model.objective, config.seed, model.step, config.resample_every)
     panels = [(name, k) for name, lam in multipliers.items() for k in range(lam.shape[1])]
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8),
-                             constrained_layout=True, squeeze=False)
+                             layout="constrained", squeeze=False)
     for ax, (name, k) in zip(axes[0], panels):
         x = np.asarray(batch[name])
         lam = np.asarray(multipliers[name])[:, k]
@@ -133,23 +234,25 @@ def plot_multipliers(run_dir: Path, setup, out_dir: Path) -> list[Path]:
             ax.set_ylabel(problem.coords[1])
         ax.set_xlabel(problem.coords[0])
         ax.set_title(f"{label}: mean {lam.mean():.3g}, max {lam.max():.3g}")
-    fig.suptitle(f"multipliers at step {state['step']} ({setup.config.method})")
-    path = out_dir / "multipliers.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    _title(fig, f"multipliers at step {model.step} ({config.method})")
+    return fig
 
 
-def plot_conflict(history: list[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
+def plot_multipliers(model: TrainedModel, out_dir: Path) -> list[Path]:
+    fig = multipliers_figure(model)
+    return [] if fig is None else [_save(fig, out_dir / "multipliers.png")]
+
+
+def conflict_figure(history: list[dict[str, Any]], title: str):
     """Gradient conflict over training for multi-task methods (``method_cos_min`` etc. in the
     history): pairwise cosines of the task gradients, the fraction of conflicting pairs and
     the smallest cosine of the update with a task gradient; beside it, the task losses."""
     rows = [r for r in history if "method_cos_min" in r]
     if not rows:
-        return []
+        return None
     plt = _pyplot()
     steps = np.array([r["step"] for r in rows], float)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for key, label in (("cos_min", "min cos(g_i, g_j)"), ("cos_mean", "mean cos(g_i, g_j)"),
                        ("conflict_fraction", "fraction of pairs in conflict"),
                        ("update_cos_min", "min cos(update, g_i)")):
@@ -159,6 +262,7 @@ def plot_conflict(history: list[dict[str, Any]], out_dir: Path, title: str) -> l
     axes[0].set_xscale("log")  # diagnostics exist from step 1 on
     axes[0].set_ylim(-1.05, 1.05)
     axes[0].set_xlabel("step")
+    axes[0].set_ylabel("cosine, fraction")
     axes[0].set_title("task-gradient conflict")
     axes[0].legend(fontsize=8)
     task_keys = [k for k in rows[-1] if k.startswith("method_task_loss_")]
@@ -169,33 +273,36 @@ def plot_conflict(history: list[dict[str, Any]], out_dir: Path, title: str) -> l
     axes[1].set_xscale("log")
     axes[1].set_yscale("log")
     axes[1].set_xlabel("step")
+    axes[1].set_ylabel("task loss")
     axes[1].set_title("task losses")
     if task_keys:
         axes[1].legend(fontsize=7, ncol=2 if len(task_keys) > 6 else 1)
     axes[1].grid(True, which="both", alpha=0.3)
-    fig.suptitle(title)
-    path = out_dir / "conflict.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    _title(fig, title)
+    return fig
 
 
-def plot_eps_profiles(setup, params, out_dir: Path) -> list[Path]:
+def plot_conflict(history: list[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
+    fig = conflict_figure(history, title)
+    return [] if fig is None else [_save(fig, out_dir / "conflict.png")]
+
+
+def eps_profiles_figure(model: TrainedModel):
     """Scored fields against x on the evaluation set, one curve per value of the ``eps``
     coordinate, network (solid) against the reference (dashed): problems with coordinates
     ``x`` and ``eps`` (the kinetic problems, evaluated at the final time)."""
-    problem = setup.problem
+    problem = model.problem
     if not {"x", "eps"} <= set(problem.coords) or problem.solution is None:
-        return []
+        return None
     plt = _pyplot()
-    points = np.asarray(setup.eval_points)
-    reference = np.asarray(setup.eval_reference)
-    u = np.asarray(setup.objective.predict(params, setup.eval_points))
+    points = np.asarray(problem.eval_points())
+    reference = np.asarray(problem.reference(points))
+    u = model.predict(points)
     ix, ie = problem.coords.index("x"), problem.coords.index("eps")
     eps_values = sorted(set(points[:, ie].tolist()), reverse=True)
     fields = problem.scored_fields
-    fig, axes = plt.subplots(1, len(fields), figsize=(5 * len(fields), 4),
-                             constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(fields), figsize=(5 * len(fields), 4.4),
+                             layout="constrained", squeeze=False)
     colours = plt.cm.viridis(np.linspace(0.0, 0.9, len(eps_values)))
     for ax, field in zip(axes[0], fields):
         i = problem.fields.index(field)
@@ -205,14 +312,17 @@ def plot_eps_profiles(setup, params, out_dir: Path) -> list[Path]:
             ax.plot(points[rows, ix], reference[rows, i], "--", color=colour, lw=1)
             ax.plot(points[rows, ix], u[rows, i], "-", color=colour, lw=1.2, label=f"ε = {eps:.0e}")
         ax.set_xlabel("x")
+        ax.set_ylabel(field)
         ax.set_title(field)
         ax.grid(True, alpha=0.3)
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle(f"{problem.description}: network (solid), reference (dashed)", fontsize=9)
-    path = out_dir / "profiles_eps.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return [path]
+    _title(fig, f"{problem.description}: network (solid), reference (dashed)", fontsize=9)
+    return fig
+
+
+def plot_eps_profiles(model: TrainedModel, out_dir: Path) -> list[Path]:
+    fig = eps_profiles_figure(model)
+    return [] if fig is None else [_save(fig, out_dir / "profiles_eps.png")]
 
 
 @uses_float64
@@ -224,11 +334,11 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         raise RunError(f"{run_dir} has no history yet")
     out_dir = run_dir / PLOTS
     out_dir.mkdir(exist_ok=True)
-    setup, params = load_run(run_dir)
-    title = f"{setup.problem.description} — {setup.config.method}, D = {setup.net.num_params}"
-    return (plot_history(history, out_dir, title) + plot_fields(setup, params, out_dir)
-            + plot_multipliers(run_dir, setup, out_dir) + plot_conflict(history, out_dir, title)
-            + plot_eps_profiles(setup, params, out_dir))
+    model = load(run_dir)
+    title = f"{model.problem.description} — {model.config.method}, D = {model.net.num_params}"
+    return (plot_history(history, out_dir, title) + plot_fields(model, out_dir)
+            + plot_reference_lines(model, out_dir) + plot_multipliers(model, out_dir)
+            + plot_conflict(history, out_dir, title) + plot_eps_profiles(model, out_dir))
 
 
 def describe(run_dir: str | Path) -> str:

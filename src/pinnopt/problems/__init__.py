@@ -1,7 +1,12 @@
-"""Problem registry: ``make_problem(name, **options)``."""
+"""Problem registry: ``make_problem(name, **options)``.
+
+Problems are registered by name with :func:`register_problem`, or provided by installed
+distributions through the entry-point group :data:`ENTRY_POINTS` (looked up when a name is
+not registered; see :mod:`pinnopt.plugins`)."""
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Any, Callable
 
 from pinnopt.problems.base import Problem
@@ -18,7 +23,40 @@ from pinnopt.problems.poisson import poisson
 from pinnopt.problems.stokes import stokes
 from pinnopt.problems.transport import transport
 
-PROBLEMS: dict[str, Callable[..., Problem]] = {
+ENTRY_POINTS = "pinnopt.problems"
+"""The entry-point group of problems that installed distributions provide: each entry point
+is named after its problem and points at the factory (``my-problem = "pkg.mod:factory"``)."""
+
+
+class _Registry(dict):
+    """Problem factories by name. A name it does not hold is looked up among the entry points
+    of :data:`ENTRY_POINTS` (importing only that entry point's module) and registered if one
+    has it; an entry point that fails to load raises ``ValueError`` naming it."""
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or (isinstance(name, str) and _from_entry_point(name))
+
+    def __missing__(self, name: str) -> Callable[..., Problem]:
+        if isinstance(name, str) and _from_entry_point(name):
+            return super().__getitem__(name)
+        raise KeyError(name)
+
+
+def _from_entry_point(name: str) -> bool:
+    """Register problem ``name`` from its entry point; whether there is one."""
+    for entry in metadata.entry_points(group=ENTRY_POINTS, name=name):
+        try:
+            factory = entry.load()
+        except Exception as err:  # a plugin's module: report whatever it raised, on one line
+            raise ValueError(f"problem {name!r}: entry point {entry.value!r} of group "
+                             f"{ENTRY_POINTS} cannot be loaded ({type(err).__name__}: {err})"
+                             ) from None
+        register_problem(name, factory)
+        return True
+    return False
+
+
+PROBLEMS: dict[str, Callable[..., Problem]] = _Registry({
     "poisson": poisson,
     "heat": heat,
     "helmholtz": helmholtz,
@@ -30,7 +68,7 @@ PROBLEMS: dict[str, Callable[..., Problem]] = {
     "cavity": cavity,
     "transport": transport,
     "bgk": bgk,
-}
+})
 
 
 DEFAULT_METHOD = "lbfgs"

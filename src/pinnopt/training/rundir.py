@@ -1,7 +1,7 @@
 """The run directory: every file of a run, written and read here.
 
     config.json      the RunConfig
-    metadata.json    versions, device, git revision, parameter count
+    metadata.json    versions, device, git revision, parameter count, plugin modules
     history.jsonl    one row per evaluation: step, time (training seconds), loss and its
                      groups, errors against the reference, the method's scalars
     checkpoint.npz   the latest state (and checkpoint.npz.prev, the one before)
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from pinnopt import checkpoint, distributed
+from pinnopt import checkpoint, distributed, plugins
 from pinnopt._version import __version__
 from pinnopt.config import RunConfig
 from pinnopt.training.setup import Setup, TrainState, build, fresh_state
@@ -92,6 +93,7 @@ def metadata(setup: Setup) -> dict[str, Any]:
         "num_params": setup.net.num_params,
         "net": setup.net.describe(),
         "problem": setup.problem.description,
+        "plugins": plugins.required(setup.config),
     }
 
 
@@ -107,13 +109,14 @@ class RunDir:
 
     def start(self, config: RunConfig, meta: dict[str, Any], clear: bool = False) -> None:
         """Begin a new run: its configuration and metadata, after removing an old run's
-        history, checkpoints and summary if ``clear``."""
+        history, checkpoints, summary and figures if ``clear``."""
         if not self.writer:
             return
         if clear:
             checkpoint.remove(self.path / CHECKPOINT)
             for name in (HISTORY, SUMMARY):
                 (self.path / name).unlink(missing_ok=True)
+            shutil.rmtree(self.path / PLOTS, ignore_errors=True)  # the old run's figures
         self.path.mkdir(parents=True, exist_ok=True)
         self.reconfigured(config)
         (self.path / METADATA).write_text(json.dumps(meta, indent=2))
@@ -149,6 +152,8 @@ def load_config(run_dir: str | Path) -> RunConfig:
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not is_run_dir(run_dir):
         raise RunError(f"{run_dir} is not a pinnopt run directory (no config.json)")
+    # The modules that registered a custom problem or method, before the config names them.
+    plugins.import_recorded((read_metadata(run_dir) or {}).get("plugins", ()), run_dir)
     try:
         return RunConfig.from_dict(json.loads((run_dir / CONFIG).read_text()))
     except json.JSONDecodeError as err:
