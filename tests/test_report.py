@@ -139,7 +139,8 @@ def test_history_axes_legend_colours_and_no_fake_start():
 
 
 def test_kinetic_profile_title_fits_the_figure():
-    model = in_memory("transport", None)
+    model = in_memory("transport", None, eval_eps=[1.0, 1e-2], n_eval_x=20, reference_nx=40,
+                      reference_nv=12, nv=8)
     fig = report.eps_profiles_figure(model)
     fig.canvas.draw()
     box = fig._suptitle.get_window_extent()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +30,10 @@ from pinnopt.training.batches import batch_for_step
 from pinnopt.training.rundir import (
     PLOTS, RunError, load_config, load_state, read_history, read_metadata, read_summary,
 )
-from pinnopt.training.setup import build, fresh_state
+from pinnopt.training.setup import Setup, build, fresh_state
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LINE_STYLES = ("-", "--", ":", "-.")
 """History curves take the ten colours of ``tab10`` with the first style, then again with the
@@ -46,19 +49,19 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
     return path
 
 
-def _title(fig, text: str, fontsize: float = 10) -> None:
+def _title(fig: Figure, text: str, fontsize: float = 10) -> None:
     """``text`` as the figure's title, wrapped to the figure's width."""
     chars = int(fig.get_figwidth() * 72 / (0.55 * fontsize))
     fig.suptitle(textwrap.fill(text, chars), fontsize=fontsize)
 
 
-def load_run(run_dir: str | Path):
+def load_run(run_dir: str | Path) -> tuple[Setup, Any]:
     """The run's setup (with its evaluation set) and its latest parameters."""
     config = load_config(run_dir)
     setup = build(config)
@@ -66,7 +69,7 @@ def load_run(run_dir: str | Path):
     return setup, state["params"]
 
 
-def history_figure(history: list[dict[str, Any]], title: str):
+def history_figure(history: list[dict[str, Any]], title: str) -> Figure:
     """Loss and errors against step and against training time, log–log. Log axes have no
     place for step 0 and time 0: each panel starts at the first row after it."""
     plt = _pyplot()
@@ -102,7 +105,7 @@ def plot_history(history: list[dict[str, Any]], out_dir: Path, title: str) -> li
     return [_save(history_figure(history, title), out_dir / "history.png")]
 
 
-def field_figures(model: TrainedModel, resolution: int = 101) -> dict[str, Any]:
+def field_figures(model: TrainedModel, resolution: int = 101) -> dict[str, Figure]:
     """``{"field_<f>": figure}`` for a problem with two coordinates: the network's field on a
     grid, and where the reference covers the whole grid, the reference (same colour scale)
     and the error (network − reference, diverging colours with limits ±max |error|). A
@@ -170,7 +173,7 @@ def _reference_lines(model: TrainedModel) -> list[tuple[str, int, np.ndarray, np
     return lines
 
 
-def reference_lines_figure(model: TrainedModel, resolution: int = 201):
+def reference_lines_figure(model: TrainedModel, resolution: int = 201) -> Figure | None:
     """Scored fields along the lines where the reference is given (one coordinate fixed):
     the network's profile over the reference points, with the RMS error at those points.
     For the cavity: u(y) at x = 1/2 and v(x) at y = 1/2 against Ghia et al. (1982)."""
@@ -206,7 +209,7 @@ def plot_reference_lines(model: TrainedModel, out_dir: Path) -> list[Path]:
     return [] if fig is None else [_save(fig, out_dir / "reference_lines.png")]
 
 
-def multipliers_figure(model: TrainedModel):
+def multipliers_figure(model: TrainedModel) -> Figure | None:
     """The pointwise multipliers λ of a constrained method (``alm``, ``lagrange``, ``capu``)
     over their constraint points, one panel per group and component (1 or 2 coordinates)."""
     problem = model.problem
@@ -243,7 +246,7 @@ def plot_multipliers(model: TrainedModel, out_dir: Path) -> list[Path]:
     return [] if fig is None else [_save(fig, out_dir / "multipliers.png")]
 
 
-def conflict_figure(history: list[dict[str, Any]], title: str):
+def conflict_figure(history: list[dict[str, Any]], title: str) -> Figure | None:
     """Gradient conflict over training for multi-task methods (``method_cos_min`` etc. in the
     history): pairwise cosines of the task gradients, the fraction of conflicting pairs and
     the smallest cosine of the update with a task gradient; beside it, the task losses."""
@@ -287,7 +290,7 @@ def plot_conflict(history: list[dict[str, Any]], out_dir: Path, title: str) -> l
     return [] if fig is None else [_save(fig, out_dir / "conflict.png")]
 
 
-def eps_profiles_figure(model: TrainedModel):
+def eps_profiles_figure(model: TrainedModel) -> Figure | None:
     """Scored fields against x on the evaluation set, one curve per value of the ``eps``
     coordinate, network (solid) against the reference (dashed): problems with coordinates
     ``x`` and ``eps`` (the kinetic problems, evaluated at the final time)."""
@@ -310,7 +313,8 @@ def eps_profiles_figure(model: TrainedModel):
             rows = np.flatnonzero(points[:, ie] == eps)
             rows = rows[np.argsort(points[rows, ix])]
             ax.plot(points[rows, ix], reference[rows, i], "--", color=colour, lw=1)
-            ax.plot(points[rows, ix], u[rows, i], "-", color=colour, lw=1.2, label=f"ε = {eps:.0e}")
+            ax.plot(points[rows, ix], u[rows, i], "-", color=colour, lw=1.2,
+                    label=f"ε = {eps:.0e}")
         ax.set_xlabel("x")
         ax.set_ylabel(field)
         ax.set_title(field)
