@@ -1,12 +1,12 @@
 """Gauss–Newton inner methods in constrained training (docs/methods.md §3, §6; issue 17).
 
-For fixed duals the Lagrangian is ½‖s‖² plus a constant, with s the stacked shifted residual
-of :class:`pinnopt.optim.constrained.ShiftedResiduals`. Checked here in float64 against brute
-force: s and the constant against ``Lagrangian.loss``; the view's per-point Jacobian against
-``jax.jacfwd`` of s built by hand; an ENGD / SPRING step inside alm, capu and lagrange against
-the dense solution of the damped normal equations with the same line search; KFAC's loss,
-gradient and Jacobian products on the view; the constrained minimiser of the quadratic problem
-of tests/test_constrained.py reached with ``alm(inner=engd())``; the refusals.
+For fixed duals the Lagrangian is ½‖s‖² plus a constant, with s the stacked least-squares
+residual of :class:`pinnopt.optim.constrained.ShiftedResiduals`. Checked here in float64 against
+brute force: s and the constant against ``Lagrangian.loss``; the view's per-point Jacobian
+against ``jax.jacfwd`` of s built by hand; an ENGD / SPRING step inside alm, capu and lagrange
+against the dense solution of the damped normal equations with the same line search; KFAC's
+loss, gradient and Jacobian products on the view; the constrained minimiser of the quadratic
+problem of tests/test_constrained.py reached with ``alm(inner=engd())``; the refusals.
 """
 
 import jax
@@ -26,7 +26,8 @@ from pinnopt.optim.linesearch import grid_line_search
 from pinnopt.problems import Problem
 from pinnopt.residuals import Objective, ResidualGroup
 from pinnopt.taylor import Derivatives
-from test_constrained import FIT, PIN, fixed, flat, kkt_solution, pin_value, quadratic_problem, target
+from test_constrained import (FIT, PIN, fixed, flat, kkt_solution, pin_value, quadratic_problem,
+                              target)
 
 SIDE = np.array([[0.3, 0.0], [0.6, 1.0], [1.0, 0.5]])
 LAPLACE = Derivatives(directions=((1.0, 0.0), (0.0, 1.0)), second=(1.0, 1.0))
@@ -63,7 +64,7 @@ CONSTRAINED = ("pin", "side")
 
 
 def random_duals(kind: str, positive: bool, seed: int = 3) -> C.Duals:
-    """Multipliers per constraint point and a penalty: ``"scalar"``, ``"pointwise"`` or ``"none"``."""
+    """Multipliers per constraint point and a penalty: ``"scalar"``, ``"pointwise"``, ``"none"``."""
     keys = jax.random.split(jax.random.PRNGKey(seed), 4)
     shapes = {"pin": (2, 2), "side": (3, 1)}
     lam = {n: jax.random.normal(k, s) for (n, s), k in zip(shapes.items(), keys[:2])}
@@ -77,8 +78,8 @@ def random_duals(kind: str, positive: bool, seed: int = 3) -> C.Duals:
     return C.Duals(lam, mu)
 
 
-def reference_residual(objective, batch, duals, form, scale):
-    """The stacked shifted residual s(θ), by hand from the groups' plain residuals."""
+def reference_residual(objective, batch, duals, form, scale, split=True):
+    """The stacked least-squares residual s(θ), by hand from the groups' plain residuals."""
 
     def s(params):
         parts = []
@@ -88,8 +89,13 @@ def reference_residual(objective, batch, duals, form, scale):
                 lam = duals.multipliers[g.name]
                 if duals.penalty is None:
                     parts.append(jnp.sqrt(2 * lam) * r)
+                    continue
+                mu = duals.penalty[g.name] if isinstance(duals.penalty, dict) else duals.penalty
+                mu = jnp.broadcast_to(mu, r.shape)
+                if form == "squared" and split:
+                    parts.append(jnp.concatenate([jnp.sqrt(2 * lam) * r, jnp.sqrt(mu) * r**2],
+                                                 axis=1))
                 else:
-                    mu = duals.penalty[g.name] if isinstance(duals.penalty, dict) else duals.penalty
                     c = r**2 if form == "squared" else r
                     parts.append(jnp.sqrt(mu) * (c + lam / mu))
             else:
@@ -100,8 +106,9 @@ def reference_residual(objective, batch, duals, form, scale):
     return s
 
 
-def constant(duals):
-    if duals.penalty is None:
+def constant(duals, form, split=True):
+    """K = L − ½‖s‖²: −Σ λ²/(2μ) for the shifted forms, 0 for the split one and without μ."""
+    if duals.penalty is None or (form == "squared" and split):
         return 0.0
     total = 0.0
     for name, lam in duals.multipliers.items():
@@ -110,41 +117,52 @@ def constant(duals):
     return -total
 
 
-CASES = [  # (form, objective_scale, penalty kind)
-    ("squared", "sum", "scalar"),
-    ("linear", "mean", "scalar"),
-    ("squared", "mean", "pointwise"),
-    ("linear", "sum", "pointwise"),
-    ("squared", "sum", "none"),
+def needs_positive(form, penalty, split=True):
+    """Where √(2λ) appears, the identity holds for λ ≥ 0 only (the methods keep λ ≥ 0 there)."""
+    return penalty == "none" or (form == "squared" and split)
+
+
+CASES = [  # (form, objective_scale, penalty kind, split squared form)
+    ("squared", "sum", "scalar", True),
+    ("squared", "sum", "scalar", False),
+    ("linear", "mean", "scalar", True),
+    ("squared", "mean", "pointwise", True),
+    ("squared", "mean", "pointwise", False),
+    ("linear", "sum", "pointwise", True),
+    ("squared", "sum", "none", True),
 ]
 
 
-@pytest.mark.parametrize("form,scale,penalty", CASES)
-def test_shifted_residual_is_the_lagrangian_up_to_its_constant(mixed, form, scale, penalty):
-    objective, batch, _ = mixed
+def make_view(objective, form, scale, penalty, split):
     lagrangian = C.Lagrangian(objective, ("boundary", "initial"), form, scale)
-    view = C.ShiftedResiduals(lagrangian, penalised=penalty != "none")
+    return lagrangian, C.ShiftedResiduals(lagrangian, penalised=penalty != "none", split=split)
+
+
+@pytest.mark.parametrize("form,scale,penalty,split", CASES)
+def test_least_squares_residual_is_the_lagrangian_up_to_its_constant(mixed, form, scale, penalty,
+                                                                     split):
+    objective, batch, _ = mixed
+    lagrangian, view = make_view(objective, form, scale, penalty, split)
     for seed in range(3):
         params = objective.net.init(jax.random.PRNGKey(10 + seed))
-        duals = random_duals(penalty, positive=penalty == "none", seed=seed)
-        expected = reference_residual(objective, batch, duals, form, scale)(params)
+        duals = random_duals(penalty, needs_positive(form, penalty, split), seed=seed)
+        expected = reference_residual(objective, batch, duals, form, scale, split)(params)
         vbatch = view.batch(batch, duals)
         s = view.residual_vector(params, vbatch)
         np.testing.assert_allclose(s, expected, rtol=1e-13, atol=1e-14)
         value = float(lagrangian.loss(params, (batch, duals)))
-        np.testing.assert_allclose(float(view.loss(params, vbatch)) + constant(duals), value,
-                                   rtol=1e-12)
-        np.testing.assert_allclose(float(view.constant(duals)), constant(duals), rtol=1e-13)
+        k = constant(duals, form, split)
+        np.testing.assert_allclose(float(view.loss(params, vbatch)) + k, value, rtol=1e-12)
+        np.testing.assert_allclose(float(view.constant(duals)), k, rtol=1e-13)
 
 
-@pytest.mark.parametrize("form,scale,penalty", CASES)
-def test_per_point_jacobian_of_the_view_is_the_dense_one(mixed, form, scale, penalty):
+@pytest.mark.parametrize("form,scale,penalty,split", CASES)
+def test_per_point_jacobian_of_the_view_is_the_dense_one(mixed, form, scale, penalty, split):
     objective, batch, params = mixed
-    view = C.ShiftedResiduals(C.Lagrangian(objective, ("boundary", "initial"), form, scale),
-                              penalised=penalty != "none")
-    duals = random_duals(penalty, positive=penalty == "none")
+    _, view = make_view(objective, form, scale, penalty, split)
+    duals = random_duals(penalty, needs_positive(form, penalty, split))
     theta, unravel = ravel_pytree(params)
-    s = reference_residual(objective, batch, duals, form, scale)
+    s = reference_residual(objective, batch, duals, form, scale, split)
     dense = jax.jacfwd(lambda f: s(unravel(f)))(theta)
     residual, jac = residual_and_jacobian(view, params, view.batch(batch, duals))
     np.testing.assert_allclose(residual, s(params), rtol=1e-13, atol=1e-14)
@@ -176,7 +194,7 @@ def test_gauss_newton_step_solves_the_shifted_normal_equations(mixed, name, sett
     form, scale = settings["form"], settings.get("objective_scale", "sum")
     method = make_method(name, objective, inner={**inner, "damping": DAMPING}, inner_steps=1,
                          constraints="boundary,initial", **settings)
-    duals = random_duals(penalty, positive=penalty == "none")
+    duals = random_duals(penalty, needs_positive(form, penalty))
     state = method.init(params)._replace(multipliers=duals.multipliers)
     if penalty == "scalar":
         state = state._replace(mu=duals.penalty)
@@ -200,18 +218,18 @@ def test_gauss_newton_step_solves_the_shifted_normal_equations(mixed, name, sett
     lagrangian = C.Lagrangian(objective, ("boundary", "initial"), form, scale)
     np.testing.assert_allclose(float(info["loss"]),
                                float(lagrangian.loss(params, (batch, duals))), rtol=1e-12)
-    np.testing.assert_allclose(float(info["loss"]), float(loss0) + constant(duals), rtol=1e-12)
+    np.testing.assert_allclose(float(info["loss"]), float(loss0) + constant(duals, form),
+                               rtol=1e-12)
 
 
-@pytest.mark.parametrize("form,scale,penalty", CASES[:3] + CASES[4:])
-def test_kfac_curvature_pass_sees_the_shifted_residual(mixed, form, scale, penalty):
+@pytest.mark.parametrize("form,scale,penalty,split", CASES[:3] + CASES[5:])
+def test_kfac_curvature_pass_sees_the_least_squares_residual(mixed, form, scale, penalty, split):
     """KFAC's Taylor-mode pass on the view (the network gets the coordinates only): loss,
     gradient and Jacobian–vector products of the shifted residual, exactly."""
     objective, batch, params = mixed
-    view = C.ShiftedResiduals(C.Lagrangian(objective, ("boundary", "initial"), form, scale),
-                              penalised=penalty != "none")
-    duals = random_duals(penalty, positive=penalty == "none")
-    s = reference_residual(objective, batch, duals, form, scale)
+    _, view = make_view(objective, form, scale, penalty, split)
+    duals = random_duals(penalty, needs_positive(form, penalty, split))
+    s = reference_residual(objective, batch, duals, form, scale, split)
     stats = curvature_pass(view, params, view.batch(batch, duals))
     loss, grads = loss_and_gradient(stats)
     expected_loss, expected_grad = jax.value_and_grad(lambda p: 0.5 * jnp.sum(s(p) ** 2))(params)

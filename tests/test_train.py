@@ -156,20 +156,22 @@ def test_sigkill_then_resume_gives_the_uninterrupted_history(tmp_path):
     assert summary["status"] == "completed" and summary["steps"] == 1500
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path):
+def test_sigterm_writes_a_checkpoint_and_exits_with_143(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     args = [a if a != "1500" else "1000000" for a in RUN]
     proc = subprocess.Popen(_cli(*args, "--out", str(tmp_path / "term")), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     history = tmp_path / "term" / "history.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and not (history.exists() and history.read_text().count("\n") >= 30):
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM: stopping after this step; SIGTERM again (or Ctrl-C) to stop now" in out
     summary = json.loads((tmp_path / "term" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["message"]
+    assert summary["signal"] == "SIGTERM"
     state, _ = load_state(tmp_path / "term")
     assert state["step"] == summary["steps"] > 0
     assert read_history(tmp_path / "term")[-1]["step"] == summary["steps"]

@@ -11,7 +11,9 @@
 train, report and predict take ``--plugin MODULE``: a module imported first, which registers
 custom problems (or methods); a run records the modules it needs and imports them again.
 
-Bad input gets one line on stderr and exit code 2; a diverged run exits with 3.
+Bad input gets one line on stderr and exit code 2; a diverged run exits with 3; a run stopped
+by SIGINT (Ctrl-C) exits with 130 and one stopped by SIGTERM with 143 (128 + the signal's
+number, as a shell reports a process killed by it), resumable either way.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pinnopt.precision import uses_float64
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
 class _Defaults:
@@ -129,8 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="run directory (default runs/<problem>-<method>-seed<seed>)")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     tr.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its checkpoint")
-    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--no-progress", action="store_true",
+                    help="no progress display (a bar on a terminal; otherwise, as in a log "
+                         "file, one line every 30 s)")
     tr.add_argument("--no-plots", action="store_true", help="do not write figures at the end")
+    tr.add_argument("--tensorboard", action="store_true",
+                    help="also log the history rows to RUN/tensorboard/ (needs "
+                         "pip install 'pinnopt[tensorboard]')")
     _plugin_flag(tr)
 
     ls = sub.add_parser("list", help="list problems and methods")
@@ -203,6 +211,8 @@ def _config_from_args(args) -> "RunConfig":
     data["hparams"] = hparams
     if args.no_plots:
         data["plots"] = False
+    if args.tensorboard:
+        data["tensorboard"] = True
     return RunConfig.from_dict(data)
 
 
@@ -216,7 +226,8 @@ def cmd_train(args) -> int:
         if given:
             raise UsageError(f"--resume continues a run as configured; drop {', '.join(given)}")
         summary = resume(args.resume, steps=args.steps, time_budget=args.time_budget,
-                         progress=progress, devices=args.devices)
+                         progress=progress, devices=args.devices,
+                         tensorboard=True if args.tensorboard else None)
     else:
         config = _config_from_args(args)
         if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
@@ -226,7 +237,9 @@ def cmd_train(args) -> int:
         print(f"budget: {config.steps} steps or {time}, whichever comes first "
               f"(--steps, --time SECONDS|none)")
         summary = train(config, out=args.out, progress=progress, overwrite=args.overwrite)
-    return EXIT_DIVERGED if summary["status"] == "diverged" else 0
+    if summary["status"] == "diverged":
+        return EXIT_DIVERGED
+    return EXIT_SIGNAL.get(summary.get("signal"), 0) if summary["status"] == "interrupted" else 0
 
 
 def describe_methods() -> str:
@@ -342,6 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pinnopt.checkpoint import CheckpointError
     from pinnopt.config import ConfigError
     from pinnopt.train import RunError
+    from pinnopt.training.loop import StepAborted
 
     parser = build_parser()
     try:
@@ -359,9 +373,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, RunError, CheckpointError, ValueError) as err:
         print(f"pinnopt: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except StepAborted as err:
+        # A second stop signal left XLA computing (or compiling) the step in its own threads,
+        # and the interpreter's exit would wait for it: leave at once; the checkpoint on disk
+        # is complete and the files are closed.
+        print(f"pinnopt: {err}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_SIGNAL[err.signal_name])
     except KeyboardInterrupt:
         print("pinnopt: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_SIGNAL["SIGINT"]
     except BrokenPipeError:
         # The reader went away (``pinnopt list | head``): nothing more can be shown. Point
         # stdout at /dev/null so that the interpreter's final flush does not fail again.

@@ -43,6 +43,8 @@ class RunConfig:
     parallelism, ``docs/distributed.md``); ``None`` uses every device.
     A step that produces NaN or Inf is rolled back; with ``on_divergence = "retry"`` it is
     redone with the method's safer settings (up to ``max_retries`` times), else the run stops.
+    ``tensorboard`` also writes every history row to a TensorBoard log in the run directory's
+    ``tensorboard/`` (needs the ``tensorboard`` extra: ``pip install 'pinnopt[tensorboard]'``).
     """
 
     problem: str = "poisson"
@@ -58,6 +60,7 @@ class RunConfig:
     eval_ratio: float = 1.1
     checkpoint_every: float = 30.0
     plots: bool = True
+    tensorboard: bool = False
     on_divergence: str = "retry"
     max_retries: int = 3
     devices: int | None = None
@@ -93,6 +96,8 @@ class RunConfig:
         _check_number("checkpoint_every", self.checkpoint_every)
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every={self.checkpoint_every!r} must be >= 0 seconds")
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"tensorboard={self.tensorboard!r} must be true or false")
         if self.on_divergence not in ("retry", "stop"):
             raise ConfigError(f"on_divergence={self.on_divergence!r} must be 'retry' or 'stop'")
         _check_int("max_retries", self.max_retries, minimum=0)

@@ -5,6 +5,9 @@ of each step, the loop, and the run directory that holds a run's files (config.j
 metadata.json, history.jsonl, checkpoint.npz, summary.json). :class:`Trainer` joins them for
 one configuration in one directory; :func:`train` and :func:`resume` start and finish runs
 with it, and draw the run's plots (:mod:`pinnopt.report`) at the end.
+
+A run directory without a checkpoint (the run stopped after writing its config.json, before
+its first checkpoint) is resumed from step 0 with its saved configuration.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from pinnopt.training.batches import StepBatches
 from pinnopt.training.loop import next_eval_step
 from pinnopt.training.methods import precision_warnings
 from pinnopt.training.rundir import (
-    CHECKPOINT, HISTORY, RunDir, RunError, check_new, default_out, load_config, load_state,
-    metadata, read_history,
+    CHECKPOINT, HISTORY, RunDir, RunError, check_new, default_out, has_checkpoint, load_config,
+    load_state, metadata, read_history,
 )
 from pinnopt.training.setup import Setup, TrainState, build, fresh_state
 
@@ -44,7 +47,8 @@ class Trainer:
         self.setup = build(config)
         self.parallel = distributed.data_parallel(
             config.devices, {g.name: g.n for g in self.setup.objective.groups})
-        self.rundir = RunDir(out, writer=distributed.is_main_process())
+        self.rundir = RunDir(out, writer=distributed.is_main_process(),
+                             tensorboard=config.tensorboard)
         place = None if self.parallel is None else self.parallel.place_batch
         self.batches = StepBatches(self.setup.objective, config.seed, config.resample_every,
                                    place)
@@ -97,11 +101,13 @@ def train(config: RunConfig, out: str | Path | None = None, progress: bool = Tru
 @uses_float64
 def resume(run_dir: str | Path, steps: int | None = None, time_budget: float | None = None,
            progress: bool = True, log: Callable[[str], None] = print,
-           devices: int | None = None) -> dict[str, Any]:
+           devices: int | None = None, tensorboard: bool | None = None) -> dict[str, Any]:
     """Continue a run from its last checkpoint; history rows after it are dropped and redone.
+    A run without a checkpoint starts again from step 0 with its saved configuration.
 
     ``steps`` / ``time_budget`` extend the budgets (the time budget counts total training time);
-    ``devices`` changes the number of devices.
+    ``devices`` changes the number of devices; ``tensorboard`` switches the TensorBoard log
+    on or off.
     """
     distributed.initialize()
     if not distributed.is_main_process():
@@ -114,16 +120,28 @@ def resume(run_dir: str | Path, steps: int | None = None, time_budget: float | N
         config.time_budget = time_budget
     if devices is not None:
         config.devices = devices
+    if tensorboard is not None:
+        config.tensorboard = tensorboard
     config.validate()
     trainer = Trainer(config, run_dir, progress=progress, log=log)
-    state, warning = load_state(run_dir, trainer.fresh_state())
-    if warning:
-        log(f"warning: {warning}")
-    history = [row for row in read_history(run_dir) if row["step"] <= state["step"]]
+    checkpointed = has_checkpoint(run_dir)
+    if checkpointed:
+        state, warning = load_state(run_dir, trainer.fresh_state())
+        if warning:
+            log(f"warning: {warning}")
+        history = [row for row in read_history(run_dir) if row["step"] <= state["step"]]
+    else:
+        state, history = trainer.fresh_state(), []
     if trainer.parallel is not None:
         trainer.parallel.barrier("pinnopt-resume-start")  # all have read before any writes
-    trainer.rundir.restart(config, history)
-    log(f"resuming {run_dir} at step {state['step']} ({state['train_time']:.1f} s trained)")
+    if checkpointed:
+        trainer.rundir.restart(config, history)
+        log(f"resuming {run_dir} at step {state['step']} ({state['train_time']:.1f} s trained)")
+    else:
+        # Whatever the stopped run left (rows before its first checkpoint, metadata) goes.
+        trainer.rundir.start(config, metadata(trainer.setup), clear=True)
+        log(f"{run_dir} has no checkpoint (the run stopped before its first one): starting it "
+            f"from step 0 with its saved settings")
     summary = trainer.run(state, history)
     _finish(run_dir, trainer.config, summary, log)
     return summary

@@ -50,8 +50,8 @@ A Gauss–Newton one (``engd``, ``hessian-free``, ``spring``, ``subspace-lm``, a
 ``kfac``, ``kfac-star``) is built on :class:`ShiftedResiduals`: for fixed duals L is a sum of
 squares plus a constant,
 
-    squared form, μ > 0:   L = ½‖[√(2w_g) r_g ; √μ_j (r_j² + λ_j/μ_j)]‖² − Σ_j λ_j²/(2μ_j)
-    linear form,  μ > 0:   L = ½‖[√(2w_g) r_g ; √μ_j (r_j  + λ_j/μ_j)]‖² − Σ_j λ_j²/(2μ_j)
+    squared form, μ > 0:   L = ½‖[√(2w_g) r_g ; √(2λ_j) r_j ; √μ_j r_j²]‖²     (λ ≥ 0)
+    linear form,  μ > 0:   L = ½‖[√(2w_g) r_g ; √μ_j (r_j + λ_j/μ_j)]‖² − Σ_j λ_j²/(2μ_j)
     squared form, μ = 0:   L = ½‖[√(2w_g) r_g ; √(2λ_j) r_j]‖²              (``lagrange``, λ ≥ 0)
 
 (``√(2w_g/N_g)`` for ``objective_scale="mean"``), whose stacked residual has per-point
@@ -256,17 +256,24 @@ class ShiftedGroup(ResidualGroup):
         return jax.vmap(self.fn)(x, out).reshape(x.shape[0], -1)
 
 
-def shifted_constraint(fn: Callable, components: int, form: str, penalised: bool) -> Callable:
-    """The per-point shifted constraint residual ``s(x, jet)`` of a constraint residual ``fn``.
+def shifted_constraint(fn: Callable, components: int, form: str, penalised: bool,
+                       split: bool = True) -> Callable:
+    """The per-point least-squares residual ``s(x, jet)`` of a constraint residual ``fn``.
 
     The row ``x`` is ``[coordinates, λ (c), μ (c)]`` (``[coordinates, λ (c)]`` without a
     penalty), ``r = fn(coordinates, jet)`` and ``C = r²`` (squared form) or ``r`` (linear):
 
-        with a penalty (μ > 0):   s = √μ (C + λ/μ),    ½ s² = λC + ½μC² + λ²/(2μ)
-        without (squared form):   s = √(2λ) r,         ½ s² = λ r² = λC
+        linear, μ > 0:               s = √μ (r + λ/μ),          ½‖s‖² = λr + ½μr² + λ²/(2μ)
+        squared, μ > 0, ``split``:   s = [√(2λ) r, √μ r²],      ½‖s‖² = λr² + ½μr⁴
+        squared, μ > 0, shifted:     s = √μ (r² + λ/μ),         ½ s² = λr² + ½μr⁴ + λ²/(2μ)
+        squared, no penalty:         s = √(2λ) r,               ½ s² = λr²
 
-    (λ < 0 is taken as 0 without a penalty; squared-form multipliers start at 1 and only
-    grow, so that never happens in ``lagrange``.)
+    The split form (2c components per point, the default) keeps the multiplier's curvature
+    ``2λ ∇r∇rᵀ`` in the Gauss–Newton matrix; the shifted one's Gauss–Newton matrix is
+    ``4μr² ∇r∇rᵀ`` alone, which vanishes where the constraint is met, and its residual
+    ``r² + λ/μ`` cannot reach 0 for λ > 0, so Gauss–Newton overshoots (measured in
+    docs/constrained.md). Where ``√(2λ)`` appears, λ < 0 is taken as 0: squared-form
+    multipliers start at 0 or 1 and only grow, so that never happens in the methods.
     """
     c = components
     extra = 2 * c if penalised else c
@@ -274,9 +281,12 @@ def shifted_constraint(fn: Callable, components: int, form: str, penalised: bool
     def residual(x: jax.Array, u: Any) -> jax.Array:
         r = jnp.reshape(fn(x[:-extra], u), (-1,))
         lam = x[-extra:][:c]
+        weighted = jnp.sqrt(2.0 * jnp.maximum(lam, 0.0)) * r
         if not penalised:
-            return jnp.sqrt(2.0 * jnp.maximum(lam, 0.0)) * r
+            return weighted
         mu = x[-c:]
+        if form == "squared" and split:
+            return jnp.concatenate([weighted, jnp.sqrt(mu) * r**2])
         value = r**2 if form == "squared" else r
         return jnp.sqrt(mu) * (value + lam / mu)
 
@@ -298,19 +308,25 @@ class ShiftedResiduals(Objective):
 
         objective group g:    √(2 w_g) r_g   (``objective_scale="sum"``)
                               √(2 w_g / N_g) r_g   (``"mean"``)
-        constraint group j:   √μ_j (C_j + λ_j/μ_j)  with a penalty,  √(2λ_j) r_j  without
-                              (squared form only; see :func:`shifted_constraint`)
+        constraint group j:   [√(2λ_j) r_j, √μ_j r_j²]   squared form with a penalty
+                              √μ_j (r_j + λ_j/μ_j)       linear form with a penalty
+                              √(2λ_j) r_j                squared form without (``lagrange``)
 
-    and ``K = −Σ_j λ_j² / (2μ_j)`` with a penalty, ``0`` without (:meth:`constant`). It is an
+    and ``K = −Σ_j λ_j² / (2μ_j)`` in the linear form, ``0`` otherwise (:meth:`constant`).
+    ``split=False`` takes the squared form with a penalty as the single shifted residual
+    ``√μ_j (r_j² + λ_j/μ_j)``, ``K = −Σ λ²/(2μ)`` instead, whose Gauss–Newton model is poor
+    (see :func:`shifted_constraint`); it is kept for comparison. It is an
     :class:`Objective`, so every Gauss–Newton method (``engd``, ``hessian-free``, ``spring``,
     ``subspace-lm``, and on a plain MLP ``kfac``, ``kfac-star``) minimises it unchanged: its
     batch (:meth:`batch`) carries each constraint point's ``λ`` and ``μ`` after its coordinates,
     its groups are :class:`ShiftedGroup` with per-point residual functions, and the scale
     ``sqrt(w/N)`` of :meth:`Objective.scales` is folded into the groups' weights (objective
-    groups ``2 w_g N_g`` or ``2 w_g``, constraint groups ``N_j``, i.e. scale 1).
+    groups ``2 w_g N_g`` or ``2 w_g``, constraint groups ``N_j``, i.e. scale 1). Where
+    ``√(2λ)`` appears, negative multipliers count as 0; the methods never make them negative
+    there (squared form: λ starts at 0 or 1 and only grows).
     """
 
-    def __init__(self, lagrangian: "Lagrangian", penalised: bool):
+    def __init__(self, lagrangian: "Lagrangian", penalised: bool, split: bool = True):
         reason = no_residual_form(lagrangian.form, penalised)
         if reason is not None:
             raise ValueError(reason)
@@ -318,6 +334,7 @@ class ShiftedResiduals(Objective):
         super().__init__(objective.problem, objective.net, objective.dtype)
         self.lagrangian = lagrangian
         self.penalised = penalised
+        self.shifted = penalised and not (lagrangian.form == "squared" and split)
         self.components = {name: shape[1]
                            for name, shape in lagrangian.constraint_shapes().items()}
         constrained = {g.name for g in lagrangian.constraint_groups}
@@ -325,7 +342,7 @@ class ShiftedResiduals(Objective):
         for g in objective.groups:
             if g.name in constrained:
                 c = self.components[g.name]
-                fn = shifted_constraint(g.fn, c, lagrangian.form, penalised)
+                fn = shifted_constraint(g.fn, c, lagrangian.form, penalised, split)
                 groups.append(ShiftedGroup(g.name, g.sampler, g.n, fn, g.derivs,
                                            float(g.n), g.role, 2 * c if penalised else c))
             else:
@@ -349,8 +366,8 @@ class ShiftedResiduals(Objective):
         return out
 
     def constant(self, duals: Duals) -> jax.Array:
-        """``K = L − ½‖s‖² = −Σ λ² / (2μ)`` (0 without a penalty)."""
-        if not self.penalised:
+        """``K = L − ½‖s‖²``: ``−Σ λ² / (2μ)`` for the shifted forms, else 0."""
+        if not self.shifted:
             return jnp.zeros((), self.dtype)
         total = jnp.zeros((), self.dtype)
         for name, lam in duals.multipliers.items():
@@ -537,8 +554,9 @@ def alm(objective: Objective, *, mu0: float = 1.0, mu_max: float = 1e4,
         objective_scale: ObjectiveScale = "sum", reset_inner: bool = False) -> Method:
     """PECANN augmented Lagrangian with pointwise multipliers and one penalty (module docstring).
 
-    A Gauss–Newton inner method minimises ``½‖s‖²`` of :class:`ShiftedResiduals`, the
-    constraint residuals shifted to ``√μ (C + λ/μ)``; ``L`` differs from it by ``−Σ λ²/(2μ)``.
+    A Gauss–Newton inner method minimises ``½‖s‖²`` of :class:`ShiftedResiduals`: per
+    constraint point ``[√(2λ) r, √μ r²]`` in the squared form (``L = ½‖s‖²``), ``√μ (r + λ/μ)``
+    in the linear form (``L = ½‖s‖² − Σ λ²/(2μ)``).
     """
     if not 0 < mu0 <= mu_max:
         raise ValueError(f"alm: need 0 < mu0 <= mu_max, got mu0={mu0}, mu_max={mu_max}")
@@ -598,8 +616,8 @@ def capu(objective: Objective, *, eta: float = 0.01, omega: float = 0.999, zeta:
          objective_scale: ObjectiveScale = "sum", reset_inner: bool = False) -> Method:
     """PECANN-CAPU: pointwise multipliers and conditionally adapted pointwise penalties.
 
-    A Gauss–Newton inner method minimises ``½‖s‖²`` of :class:`ShiftedResiduals`, each
-    constraint residual shifted to ``√μ_j (C_j + λ_j/μ_j)`` with its own penalty.
+    A Gauss–Newton inner method minimises ``½‖s‖²`` of :class:`ShiftedResiduals`, as in
+    :func:`alm` with each point's own penalty ``μ_j``.
     """
     if not eta > 0 or not 0 < omega <= 1 or not 0 <= zeta < 1 or not eps > 0:
         raise ValueError(

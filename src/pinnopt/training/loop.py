@@ -1,5 +1,5 @@
 """The training loop: budgets, evaluation schedule, NaN guard and divergence retry, signals,
-progress bar.
+progress, and the announcement of long steps.
 
 :func:`run` trains a built :class:`~pinnopt.training.setup.Setup` from a given state, on the
 batches a function gives for each step, until a budget is spent, and hands every evaluation
@@ -9,16 +9,24 @@ compilation and evaluation, as in [KFAC]'s time budgets, and counts the drawing 
 points (except the first batch, drawn before compilation). Every step's randomness derives
 from ``(seed, step)``, so a run resumed from a checkpoint repeats exactly the steps of an
 uninterrupted one.
+
+Stopping: the first SIGINT or SIGTERM stops the run at the next step boundary (a final
+checkpoint and evaluation, status ``interrupted``); a second one abandons the step in progress
+at once (:class:`StepAborted`), leaving the last checkpoint as it was. A step whose estimated
+or measured duration exceeds :data:`ANNOUNCE_SECONDS` is announced, with how to stop it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +41,17 @@ from pinnopt.training.methods import build_method, safer_config
 from pinnopt.training.setup import Setup, TrainState
 
 Row = dict[str, Any]
+
+ANNOUNCE_SECONDS = 5.0
+"""A step estimated (before the first) or measured (the first) to take longer than this many
+seconds is announced in the log, with how to stop the run: a stop signal waits for the step."""
+
+PROGRESS_EVERY = 30.0
+"""Seconds between the plain progress lines that replace the bar when stderr is not a
+terminal (a log file, a batch job)."""
+
+STOP_HINT = "Ctrl-C stops after the current step, twice stops at once"
+
 Evaluate = Callable[[Params, Any, Batch], dict[str, jax.Array]]
 """``(params, method_state, batch) -> {name: scalar}``: the numbers of an evaluation row."""
 
@@ -84,6 +103,9 @@ class Outcome:
     state: TrainState
     history: list[Row]
     config: RunConfig
+    stop_signal: str | None = None
+    """The signal that stopped an ``interrupted`` run (``SIGINT``, ``SIGTERM``), in the
+    process that caught it."""
 
     def summary(self, num_params: int) -> dict[str, Any]:
         """Status and final numbers (a run directory's ``summary.json``)."""
@@ -97,6 +119,7 @@ class Outcome:
             "num_params": num_params,
             "final": self.history[-1] if self.history else {},
             "config": self.config.to_dict(),
+            "signal": self.stop_signal,
         }
 
 
@@ -138,7 +161,12 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
     :func:`standard_evaluation`); the loop adds ``step``, ``time`` and the method's scalars
     of the last step (``method_*``). ``parallel``: the data-parallel layout, whose process 0
     decides for all when to stop. Rows go to ``sink`` at every evaluation, checkpoints at
-    evaluations at least ``checkpoint_every`` seconds apart and at the end.
+    evaluations at least ``checkpoint_every`` seconds apart and at the end. ``progress``:
+    show progress on stderr (a bar on a terminal, else a line every :data:`PROGRESS_EVERY`
+    seconds). ``log``: messages (a long step's cost, a stop signal, a divergence retry).
+
+    A second stop signal raises :class:`StepAborted` (a ``KeyboardInterrupt``) out of the
+    step or compilation in progress; the sink keeps its last checkpoint.
     """
     config = setup.config
     objective, method = setup.objective, setup.method
@@ -173,8 +201,10 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
         if parallel is not None:
             # Every process gathers (a collective when state is split across hosts).
             params, mstate = parallel.to_host((params, mstate))
-        sink.checkpoint({"step": step, "train_time": train_time, "params": params,
-                         "method_state": mstate, "next_eval": next_eval})
+        with signals.writing():
+            sink.checkpoint({"step": step, "train_time": train_time, "params": params,
+                             "method_state": mstate, "next_eval": next_eval})
+            signals.saved = step
 
     def decide(step: int, train_time: float, last_ckpt: float) -> tuple[int, bool]:
         """Whether to stop (0: no, 1: steps, 2: time, 3: signal) and whether a timed
@@ -198,16 +228,21 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
     step, train_time, next_eval = state["step"], state["train_time"], state["next_eval"]
     batch0 = batches(step)
     key0 = method_key(step)
-    compiled = compile_step(method)
-    eval_fn = jax.jit(evaluate or standard_evaluation(setup, parallel))
+    # Listening from before compilation on: a stop signal while compiling stops before the
+    # first step, with a checkpoint, instead of leaving a run without one.
+    with _StopSignals(log, sink.location, saved=step if step else None) as signals:
+        with signals.compiling():
+            compiled = compile_step(method)
+        estimate = _announce_cost(compiled, setup.dtype, log)
+        eval_fn = jax.jit(evaluate or standard_evaluation(setup, parallel))
 
-    last_info: dict[str, float] = {}
-    last_ckpt = time.monotonic()
-    status, message = "completed", ""
-    retries = 0
-    zero_loss_step = None
-    bar = _progress_bar(config, step) if progress else None
-    with _StopSignals() as signals:
+        last_info: dict[str, float] = {}
+        last_ckpt = time.monotonic()
+        status, message = "completed", ""
+        retries = 0
+        zero_loss_step = None
+        first_step = True
+        shown = _progress(setup, step) if progress else None
         try:
             while True:
                 stop, checkpoint_due = decide(step, train_time, last_ckpt)
@@ -232,8 +267,8 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
                     history.append(row)
                     sink.record(row)
                     next_eval = next_eval_step(step, config.eval_ratio)
-                    if bar is not None:
-                        bar.set_postfix(_postfix(setup, row), refresh=False)
+                    if shown is not None:
+                        shown.row(row)
                     if not reason and checkpoint_due:
                         save(step, train_time, params, mstate, next_eval)
                         last_ckpt = time.monotonic()
@@ -241,10 +276,17 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
                     message = reason
                     break
                 key = method_key(step)
+                signals.step = step
                 t0 = time.perf_counter()
                 new_params, new_state, info, ok = compiled(params, mstate, batch, key)
                 ok = bool(ok)
-                train_time += draw_seconds + time.perf_counter() - t0
+                seconds = time.perf_counter() - t0
+                train_time += draw_seconds + seconds
+                if first_step and seconds >= ANNOUNCE_SECONDS:
+                    guess = f" (estimated {_duration(estimate)})" if estimate else ""
+                    hint = "" if signals.caught else f"; {STOP_HINT}"
+                    log(f"step {step} took {_duration(seconds)}{guess}{hint}")
+                first_step = False
                 if not ok:
                     safer = safer_config(config) if retries < config.max_retries else None
                     if config.on_divergence == "retry" and safer is not None:
@@ -255,7 +297,8 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
                         log(f"warning: non-finite values in step {step}; rolled back and "
                             f"retrying with {changed} (retry {retries} of {config.max_retries})")
                         method = build_method(config, objective)
-                        compiled = compile_step(method)
+                        with signals.compiling():
+                            compiled = compile_step(method)
                         sink.reconfigured(config)
                         continue
                     status = "diverged"
@@ -272,24 +315,49 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
                     # and nothing can move any more. Stop and say so (see _zero_loss_message).
                     zero_loss_step = step
                 step += 1
-                if bar is not None:
-                    bar.update(1)
+                if shown is not None:
+                    shown.advance(step, train_time)
         finally:
-            if bar is not None:
-                bar.close()
-    save(step, train_time, params, mstate, next_eval)
+            if shown is not None:
+                shown.close()
+        save(step, train_time, params, mstate, next_eval)
     final = {"step": step, "train_time": train_time, "params": params, "method_state": mstate,
              "next_eval": next_eval}
-    return Outcome(status, message, final, history, config)
+    return Outcome(status, message, final, history, config,
+                   signals.caught if status == "interrupted" else None)
+
+
+class StepAborted(KeyboardInterrupt):
+    """A second stop signal abandoned the step in progress (or the compilation); the run's
+    last checkpoint is as it was, so the run resumes from there. ``signal_name``: the
+    signal (``SIGINT``, ``SIGTERM``)."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 class _StopSignals:
-    """SIGINT and SIGTERM, while active, only note their name (``caught``): the loop then
-    stops at the next step boundary and checkpoints instead of dying mid-step. Signal
-    handlers can only be set from the main thread; elsewhere signals act as usual."""
+    """SIGINT and SIGTERM, while active. The first only notes its name (``caught``) and says
+    so: the loop then stops at the next step boundary and checkpoints instead of dying
+    mid-step. A second one raises :class:`StepAborted` at once (JAX waits for a computation
+    or a compilation in a way that lets the handler run), except while a checkpoint is being
+    written (:meth:`writing`), which it lets finish first. Signal handlers can only be set
+    from the main thread; elsewhere signals act as usual.
 
-    def __init__(self) -> None:
+    ``step`` is the step in progress and ``saved`` the step of the last checkpoint (``None``:
+    none yet), for the messages; the loop keeps them up to date.
+    """
+
+    def __init__(self, log: Callable[[str], None], location: str, saved: int | None) -> None:
         self.caught: str | None = None
+        self.step: int | None = None
+        self.saved = saved
+        self._log = log
+        self._location = location
+        self._compiling = False
+        self._writing = False
+        self._pending: str | None = None
         self._old: dict[signal.Signals, Any] = {}
 
     def __enter__(self) -> "_StopSignals":
@@ -298,20 +366,198 @@ class _StopSignals:
                 self._old[sig] = signal.signal(sig, self._note)
         return self
 
-    def _note(self, signum: int, frame: Any) -> None:
-        self.caught = signal.Signals(signum).name
-
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
+    @contextlib.contextmanager
+    def compiling(self) -> Iterator[None]:
+        """A compilation of the step is under way (for the messages)."""
+        self._compiling = True
+        try:
+            yield
+        finally:
+            self._compiling = False
 
-def _progress_bar(config: RunConfig, step: int):
-    from tqdm.auto import tqdm
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """A checkpoint is being written: a second signal waits until it is complete."""
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+        if self._pending:
+            raise StepAborted(self._aborted(self._pending), self._pending)
 
-    total = config.steps if config.time_budget is None else None
-    return tqdm(total=total, initial=step, unit="step", mininterval=0.5, dynamic_ncols=True,
-                desc=f"{config.problem}/{config.method}")
+    def _note(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        again = "Ctrl-C again" if signum == signal.SIGINT else f"{name} again (or Ctrl-C)"
+        if self.caught is None:
+            self.caught = name
+            when = ("once the step is compiled, before it runs" if self._compiling
+                    else "after this step")
+            self._log(f"{name}: stopping {when}; {again} to stop now")
+        elif self._writing:
+            self._pending = name
+        else:
+            raise StepAborted(self._aborted(name), name)
+
+    def _aborted(self, name: str) -> str:
+        if self._compiling:
+            doing = "while compiling the step"
+        else:
+            doing = "before the first step" if self.step is None else f"in step {self.step}"
+        if self.saved is None:
+            kept = (f"no checkpoint yet ({self._location}), so resuming (--resume) starts "
+                    f"the run from step 0")
+        else:
+            kept = (f"the run keeps its checkpoint of step {self.saved} ({self._location}) "
+                    f"and resumes from it (--resume)")
+        return f"stopped at once by a second {name}, {doing}; {kept}"
+
+
+def _announce_cost(compiled: Any, dtype: jnp.dtype, log: Callable[[str], None]) -> float | None:
+    """Log XLA's estimate of one step (operations, memory, seconds at this machine's rate)
+    when it exceeds :data:`ANNOUNCE_SECONDS`; returns the estimated seconds (``None`` where
+    the backend gives no operation count)."""
+    flops, peak = _step_cost(compiled)
+    if flops is None:
+        return None
+    seconds = flops / flop_rate(jnp.dtype(dtype).name)
+    if seconds >= ANNOUNCE_SECONDS:
+        memory = f", ~{_size(peak)}" if peak else ""
+        log(f"each step: ~{flops:.1e} FLOP{memory}; about {_duration(seconds)} per step on "
+            f"this machine ({STOP_HINT})")
+    return seconds
+
+
+def _step_cost(compiled: Any) -> tuple[float | None, float | None]:
+    """Floating-point operations and peak memory in bytes of a compiled step, as XLA
+    estimates them (``None`` where the backend does not say). A loop's body counts once, so
+    steps with iterative solves or line searches are under-estimated."""
+    flops = peak = None
+    try:
+        cost = compiled.cost_analysis()
+        if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
+            cost = cost[0] if cost else None
+        if cost and cost.get("flops", -1) > 0:
+            flops = float(cost["flops"])
+    except (NotImplementedError, RuntimeError):  # a backend without the analysis
+        pass
+    try:
+        memory = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError):
+        memory = None
+    if memory is not None:
+        peak = getattr(memory, "peak_memory_in_bytes", 0) or (
+            memory.argument_size_in_bytes + memory.output_size_in_bytes
+            + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    return flops, float(peak) if peak else None
+
+
+@functools.cache
+def flop_rate(dtype: str) -> float:
+    """Floating-point operations per second of this machine's default device: the best of
+    three 512 × 512 matrix products in ``dtype``, measured once per process (a few tens of
+    milliseconds). Dense steps approach this rate; memory-bound ones run slower."""
+    n = 512
+    product = jax.jit(lambda a: a @ a)
+    a = jnp.ones((n, n), dtype)
+    product(a).block_until_ready()  # compile
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        product(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2g} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
+
+
+class _Progress(Protocol):
+    def row(self, row: Row) -> None:
+        """An evaluation row (its numbers are shown)."""
+
+    def advance(self, step: int, train_time: float) -> None:
+        """A step is done: ``step`` steps and ``train_time`` seconds trained so far."""
+
+    def close(self) -> None:
+        """The run has ended."""
+
+
+def _progress(setup: Setup, step: int) -> _Progress:
+    """A tqdm bar on a terminal or in a notebook; elsewhere (output to a log file) a plain
+    line every :data:`PROGRESS_EVERY` seconds, since a bar's redraws would flood the file."""
+    stream = sys.stderr
+    if (stream is not None and stream.isatty()) or "ipykernel" in sys.modules:
+        return _Bar(setup, step)
+    return _Lines(setup, step, PROGRESS_EVERY)
+
+
+class _Bar:
+    """The tqdm progress bar, with the loss and the first errors of the latest row."""
+
+    def __init__(self, setup: Setup, step: int) -> None:
+        from tqdm.auto import tqdm
+
+        config = setup.config
+        total = config.steps if config.time_budget is None else None
+        self._setup = setup
+        self._bar = tqdm(total=total, initial=step, unit="step", mininterval=0.5,
+                         dynamic_ncols=True, desc=f"{config.problem}/{config.method}")
+
+    def row(self, row: Row) -> None:
+        self._bar.set_postfix(_postfix(self._setup, row), refresh=False)
+
+    def advance(self, step: int, train_time: float) -> None:
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class _Lines:
+    """Progress as a line on stderr at most every ``every`` seconds, at a step boundary:
+    the step, the training time against the budgets, the rate since the previous line, and
+    the numbers of the latest evaluation row."""
+
+    def __init__(self, setup: Setup, step: int, every: float) -> None:
+        self._setup, self._every = setup, every
+        config = setup.config
+        self._prefix = f"{config.problem}/{config.method}"
+        self._last_time, self._last_step = time.monotonic(), step
+        self._numbers = ""
+
+    def row(self, row: Row) -> None:
+        numbers = ", ".join(f"{k} {v}" for k, v in _postfix(self._setup, row).items())
+        self._numbers = f"; {numbers} at step {row['step']}"
+
+    def advance(self, step: int, train_time: float) -> None:
+        now = time.monotonic()
+        if now - self._last_time < self._every:
+            return
+        config = self._setup.config
+        rate = (step - self._last_step) / (now - self._last_time)
+        budget = "" if config.time_budget is None else f" of {config.time_budget:g}"
+        print(f"{self._prefix}: step {step} of {config.steps}, {train_time:.0f}{budget} s "
+              f"trained, {rate:.3g} steps/s{self._numbers}", file=sys.stderr, flush=True)
+        self._last_time, self._last_step = now, step
+
+    def close(self) -> None:
+        pass
 
 
 def _postfix(setup: Setup, row: Row) -> dict[str, str]:
