@@ -125,9 +125,11 @@ def test_predict_checks_shape_and_writes_values(finished_run, tmp_path, capsys):
     assert main(["predict", str(finished_run), "--points", str(pts), "--out", str(out)]) == 0
     values = np.load(out)
     assert values.shape == (10, 1)
-    from pinnopt.report import load_run
+    from pinnopt.training.rundir import load_config, load_state
+    from pinnopt.training.setup import build, fresh_state
 
-    setup, params = load_run(finished_run)
+    setup = build(load_config(finished_run))
+    params = load_state(finished_run, fresh_state(setup))[0]["params"]
     np.testing.assert_allclose(values, np.asarray(setup.net.apply(params, x)), rtol=1e-13)
 
 

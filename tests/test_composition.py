@@ -102,8 +102,9 @@ def test_older_flat_settings_keep_their_meaning():
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: alm(inner=engd()), "inner=engd does not fit: it needs residuals"),
-    (lambda: alm(inner=sequence((adam(), 2), (engd(), None))), "does not fit"),
+    (lambda: lagrange(form="linear", inner=engd()), "inner=engd does not fit: it needs residuals"),
+    (lambda: alm(inner=sequence((adam(), 2), ("multitask", None))), "does not fit"),
+    (lambda: alm(inner="alm"), "inner=alm does not fit: it needs groups"),
     (lambda: multitask(optimizer=lbfgs()), "optimizer=lbfgs does not fit"),
     (lambda: multitask(aggregator="adam"), "unknown aggregator 'adam'"),
     (lambda: multitask(aggregator=sum_(), optimizer=adam(lr="fast")), "not a valid float"),
@@ -118,7 +119,7 @@ def test_malformed_compositions_are_refused_in_python(make, message):
 MALFORMED = [
     (["--method", "alm", "--opt", "inner=nope"], "unknown method 'nope'"),
     (["--method", "alm", "--opt", "inner.memory=abc"], "inner=lbfgs: memory='abc' is not a valid int"),
-    (["--method", "alm", "--opt", "inner=engd"], "inner=engd does not fit"),
+    (["--method", "alm", "--opt", "inner=alm"], "inner=alm does not fit"),
     (["--method", "multitask", "--opt", "aggregator=hrgrad", "--opt", "aggregator.kappa=2"],
      "kappa must be in [0, 1]"),
 ]
@@ -143,8 +144,8 @@ def test_malformed_compositions_on_the_command_line_touch_no_run(args, message, 
 
 def test_a_malformed_method_table_in_toml_is_one_line(tmp_path):
     toml = tmp_path / "run.toml"
-    toml.write_text('problem = "helmholtz"\n[method]\nname = "alm"\n[method.inner]\nname = "kfac"\n')
-    with pytest.raises(ConfigError, match="inner=kfac does not fit") as err:
+    toml.write_text('problem = "helmholtz"\n[method]\nname = "alm"\n[method.inner]\nname = "multitask"\n')
+    with pytest.raises(ConfigError, match="inner=multitask does not fit") as err:
         RunConfig.from_toml(toml)
     assert "\n" not in str(err.value)
 
@@ -160,7 +161,7 @@ def test_safer_settings_reach_inside_compositions():
 def test_list_methods_reads_the_signatures():
     text = describe_methods()
     assert "damping: float = 1e-10" in text and "variant: auto|full|layer|woodbury" in text
-    assert "inner: method on a loss = lbfgs(memory=100, max_linesearch_steps=25)" in text
+    assert "inner: method on a loss/residuals = lbfgs(memory=100, max_linesearch_steps=25)" in text
     assert "adam-lbfgs" in text and "kappa: float = 0.5" in text
 
 

@@ -28,9 +28,8 @@ from pinnopt.precision import uses_float64
 from pinnopt.trained import TrainedModel, load
 from pinnopt.training.batches import batch_for_step
 from pinnopt.training.rundir import (
-    PLOTS, RunError, load_config, load_state, read_history, read_metadata, read_summary,
+    PLOTS, RunError, load_config, read_history, read_metadata, read_summary,
 )
-from pinnopt.training.setup import Setup, build, fresh_state
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -59,14 +58,6 @@ def _title(fig: Figure, text: str, fontsize: float = 10) -> None:
     """``text`` as the figure's title, wrapped to the figure's width."""
     chars = int(fig.get_figwidth() * 72 / (0.55 * fontsize))
     fig.suptitle(textwrap.fill(text, chars), fontsize=fontsize)
-
-
-def load_run(run_dir: str | Path) -> tuple[Setup, Any]:
-    """The run's setup (with its evaluation set) and its latest parameters."""
-    config = load_config(run_dir)
-    setup = build(config)
-    state, _ = load_state(run_dir, fresh_state(setup))
-    return setup, state["params"]
 
 
 def history_figure(history: list[dict[str, Any]], title: str) -> Figure:

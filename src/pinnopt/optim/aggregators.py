@@ -22,7 +22,7 @@ calling convention. docs/multitask.md has the maths.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -314,18 +314,14 @@ def method(name: str, summary: str, *, needs: tuple[str, ...] = ("loss",),
 
     def register(builder: Callable) -> Definition:
         settings = read_settings(builder, skip_first=namespace == "method" and not transform)
-        build, grad_transform = builder, None
-        if namespace != "method":
-            def build(target, **kw):
-                return builder(**kw)
-        elif transform:
-            grad_transform = builder
-
-            def build(objective, **kw):
-                return gradient_method(objective, builder(**kw))
-
+        if namespace != "method":  # aggregators: built from their settings alone
+            build = lambda target, **kw: builder(**kw)  # noqa: E731
+        elif transform:  # a gradient transformation applied to the loss gradient
+            build = lambda objective, **kw: gradient_method(objective, builder(**kw))  # noqa: E731
+        else:
+            build = builder
         definition = Definition(name, namespace, build, summary, settings, frozenset(needs),
-                                safer, grad_transform, legacy, check=check)
+                                safer, builder if transform else None, legacy, check=check)
         REGISTRY[namespace][name] = definition
         return definition
 
