@@ -317,6 +317,14 @@ class _Job:
     log: TextIO
 
 
+def _acknowledged(job: _Job) -> bool:
+    """Whether the worker's log says it heard the stop signal (the loop's first-signal line)."""
+    try:
+        return "stopping" in Path(job.log.name).read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def _run_parallel(out: Path, work: list[tuple[SuiteRun, str]], cores: list[int]) -> bool:
     """Train ``work`` in worker processes, one per core of ``cores`` at a time; whether the
     suite was interrupted. Runs that fail are reported after the others have finished."""
@@ -343,10 +351,12 @@ def _run_parallel(out: Path, work: list[tuple[SuiteRun, str]], cores: list[int])
                     failed.append(job.run.name)
     except KeyboardInterrupt:
         # Workers checkpoint and stop on SIGINT. One still starting up can miss it (before
-        # its trainer listens), so it is repeated until every worker has stopped.
+        # its trainer listens), so it is repeated to the workers that have not said they are
+        # stopping; a second SIGINT to one that did would abort its step.
         while active:
             for job in active:
-                job.process.send_signal(signal.SIGINT)
+                if not _acknowledged(job):
+                    job.process.send_signal(signal.SIGINT)
             time.sleep(2.0)
             for job in [j for j in active if j.process.poll() is not None]:
                 active.remove(job)
@@ -376,6 +386,7 @@ def _start(out: Path, run: SuiteRun, action: str, core: int) -> _Job:
     log.flush()
     env = dict(os.environ)
     env.setdefault("OPENBLAS_NUM_THREADS", "1")  # one thread for the one core
+    env["PYTHONUNBUFFERED"] = "1"  # the log shows each line at once (_acknowledged reads it)
     command = [sys.executable, "-m", "pinnopt.bench", str(core), str(run_dir.resolve()), action,
                json.dumps(run.config.to_dict())]
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
