@@ -59,7 +59,8 @@ from pinnopt import speed
 from pinnopt.config import ConfigError, RunConfig
 from pinnopt.machine import machine, results_dir
 from pinnopt.precision import uses_float64
-from pinnopt.train import CHECKPOINT, RunError, read_history, resume, train
+from pinnopt.train import RunError, read_history, resume, train
+from pinnopt.training.rundir import has_checkpoint
 
 SUITES_DIR = Path("benchmarks") / "suites"
 BUILTIN = ("taylor-speed",)
@@ -237,7 +238,7 @@ def plan(out: Path, suite: str, runs: list[SuiteRun], quick: bool = False) -> li
             actions.append(RETRAIN)
         elif _completed(run_dir, run.config):
             actions.append(KEEP)
-        elif (run_dir / CHECKPOINT).exists():
+        elif has_checkpoint(run_dir):  # either format: an old run's checkpoint.pkl resumes too
             actions.append(RESUME)
         else:
             actions.append(TRAIN)
