@@ -191,8 +191,7 @@ class Definition:
             if self.settings.keys() != {"phases"}:
                 raise TypeError(f"{self.name}() takes keyword settings only")
             settings = {"phases": args, **settings}
-        value = make_value(self, settings)
-        return value
+        return make_value(self, settings)
 
 
 @dataclass(frozen=True, eq=False)
