@@ -118,8 +118,9 @@ def test_full_direction_is_the_damped_gauss_newton_step(case, damping):
     r, jac, r_ref, j_ref, _ = jacobians(case)
     sizes = tuple(layer_sizes(setup(case)[1]))
     expected = -np.linalg.solve(j_ref.T @ j_ref + damping * np.eye(j_ref.shape[1]), j_ref.T @ r_ref)
-    for solver in ("cholesky", "eigh"):
+    for solver in ("cholesky", "eigh", "svd"):
         assert rel(direction(jac, r, damping, "full", solver, sizes), expected) < 1e-7, solver
+        assert rel(direction(jac, r, damping, "woodbury", solver, sizes), expected) < 1e-7, solver
 
 
 @pytest.mark.parametrize("case", CASES[1:], ids=IDS[1:])
@@ -158,8 +159,33 @@ def test_layer_variant_is_the_block_diagonal_solve(case):
     expected = -np.linalg.solve(blocks + damping * np.eye(len(grad)), grad)
     layered = direction(jac, r, damping, "layer", "cholesky", sizes)
     assert rel(layered, expected) < 1e-7
+    assert rel(direction(jac, r, damping, "layer", "svd", sizes), expected) < 1e-7
     full = direction(jac, r, damping, "full", "cholesky", sizes)
     assert rel(layered, full) > 1e-3  # the off-diagonal blocks matter: not the full step
+
+
+@pytest.mark.parametrize("shape", [(30, 80), (80, 30), (40, 40)])
+def test_svd_solver_keeps_the_directions_the_squared_system_loses(shape):
+    """J with singular values 1 … 1e-10 (condition 1e10): the squared systems JJᵀ / JᵀJ have
+    condition 1e20 and their pseudo-inverse drops everything below σ ≈ 1e-6, so the
+    undamped step leaves most of r's component along the small singular vectors; the SVD of
+    J itself solves Jφ = r to round-off (float64)."""
+    n, d = shape
+    rng = np.random.default_rng(n * 1000 + d)
+    k = min(n, d)
+    u, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    v, _ = np.linalg.qr(rng.standard_normal((d, k)))
+    sigma = np.logspace(0, -10, k)
+    jac = (u * sigma) @ v.T
+    r = u @ rng.standard_normal(k)          # consistent: Jφ = r has a solution
+    sizes = (d,)
+    expected = -(v / sigma) @ (u.T @ r)     # −J⁺r
+    svd = np.asarray(direction(jnp.asarray(jac), jnp.asarray(r), 0.0, "woodbury", "svd", sizes))
+    assert np.linalg.norm(jac @ svd + r) < 1e-5 * np.linalg.norm(r)
+    assert rel(svd, expected) < 1e-4
+    variant = resolve_variant("auto", n, d)
+    eig = np.asarray(direction(jnp.asarray(jac), jnp.asarray(r), 0.0, variant, "eigh", sizes))
+    assert np.linalg.norm(jac @ eig + r) > 1e-3 * np.linalg.norm(r)
 
 
 def test_cholesky_falls_back_to_the_pseudo_inverse():

@@ -94,13 +94,14 @@ def test_spring_without_momentum_is_the_engd_woodbury_step():
 
 
 @pytest.mark.parametrize("points", [FEW, MANY], ids=["N<D", "N>D"])
-@pytest.mark.parametrize("rule", ["line-search", "fixed"])
-def test_spring_direction_is_the_closed_form_with_momentum(points, rule):
+@pytest.mark.parametrize("rule,solver", [("line-search", "cholesky"), ("fixed", "cholesky"),
+                                         ("fixed", "svd")])
+def test_spring_direction_is_the_closed_form_with_momentum(points, rule, solver):
     lam, mu, lr = 1e-4, 0.83, 0.05
     _, params, batch = setup(points)
     theta, r, jac = explicit(points)
     previous = np.random.default_rng(0).normal(size=theta.size) * 0.1
-    value = spring(momentum=mu, damping=lam, solver="cholesky", step_rule=rule, lr=lr)
+    value = spring(momentum=mu, damping=lam, solver=solver, step_rule=rule, lr=lr)
     _, step = jitted_step(value, points)
     new, state, info = step(params, SpringState(jnp.asarray(previous), jnp.asarray(lam)), batch,
                             KEY)

@@ -47,6 +47,7 @@ from pinnopt.optim.gauss_newton import (
     engd_memory_bytes,
     layer_sizes,
     residual_and_jacobian,
+    svd_least_squares,
 )
 from pinnopt.optim.gramian import flatten
 from pinnopt.optim.linesearch import apply_step, grid_line_search
@@ -184,7 +185,7 @@ class SpringState(NamedTuple):
         "line search or fixed step", needs=("residuals",), safer=more_damping())
 def spring(objective: Objective, *, damping: float = 1e-8, momentum: float = 0.5,
            step_rule: Literal["line-search", "fixed"] = "line-search", lr: float = 0.1,
-           solver: Literal["eigh", "cholesky", "cg"] = "eigh", cg_iters: int = 200,
+           solver: Literal["eigh", "cholesky", "svd", "cg"] = "eigh", cg_iters: int = 200,
            cg_tol: float = 1e-10, preconditioner_rank: int = 64, max_memory_gb: float = 4.0,
            line_search_candidates: int = 31) -> Method:
     """SPRING ([SPRING], for PINNs [ENGD-W]; docs/methods.md §10):
@@ -210,7 +211,10 @@ def spring(objective: Objective, *, damping: float = 1e-8, momentum: float = 0.5
       When the line search finds no decrease (α = 0) the stored φ_k is reset to 0, so the
       next step is the plain ENGD-W step instead of a repeat of the refused one.
     - ``solver``: ``eigh`` (pseudo-inverse of ``JJᵀ + λI``, as engd's default) or
-      ``cholesky`` (with the eigh fallback) on the formed N×N matrix; or ``cg``: conjugate
+      ``cholesky`` (with the eigh fallback) on the formed N×N matrix; ``svd``: the thin SVD
+      of ``J`` itself (:func:`~pinnopt.optim.gauss_newton.svd_least_squares`), which does not
+      square ``J``'s condition number and so keeps converging where the N×N pseudo-inverse
+      stalls (about 3× the cost of ``eigh``); or ``cg``: conjugate
       gradients on ``(JJᵀ + λI) x = r − μJφ_{k−1}`` with products ``JJᵀu = J(Jᵀu)`` (a VJP and
       a JVP), preconditioned by a rank-``preconditioner_rank`` Nyström approximation of
       ``JJᵀ`` (random from the step's key; 0: no preconditioner), at most ``cg_iters``
@@ -257,8 +261,11 @@ def spring(objective: Objective, *, damping: float = 1e-8, momentum: float = 0.5
                 f"fewer points or solver 'cg'")
         residual, jac = residual_and_jacobian(objective, params, batch)
         rhs = residual - momentum * (jac @ previous) if momentum else residual
-        coefficients, fallback = damped_solve(jac @ jac.T, rhs, lam, solver)
-        phi = jac.T @ coefficients
+        if solver == "svd":
+            phi, fallback = svd_least_squares(jac, rhs, lam), jnp.ones((), jac.dtype)
+        else:
+            coefficients, fallback = damped_solve(jac @ jac.T, rhs, lam, solver)
+            phi = jac.T @ coefficients
         if momentum:
             phi = phi + momentum * previous
         return residual, phi, {"pseudo_inverse": fallback}
