@@ -86,6 +86,16 @@ def _time_budget(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected seconds or 'none', got {text!r}") from None
 
 
+def _chunk_steps(text: str) -> int | str:
+    """``--chunk-steps``: a number of steps, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps or 'auto', got {text!r}") from None
+
+
 def _plugin_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin", action="append", metavar="MODULE",
                         help="import MODULE first, for the problems or methods it registers "
@@ -127,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="after NaN/Inf: retry the step with safer settings (default) or stop")
     tr.add_argument("--resample-every", type=int, metavar="K",
                     help="redraw the training points every K steps (problems that redraw; 1)")
+    tr.add_argument("--chunk-steps", type=_chunk_steps, metavar="K|auto",
+                    help="run at most K steps per compiled call between evaluations (default "
+                         "auto: calls of about 0.1 s; 1: one step per call)")
     tr.add_argument("--devices", type=int,
                     help="split the points over N devices (default: all; docs/distributed.md)")
     tr.add_argument("--out", help="run directory (default runs/<problem>-<method>-seed<seed>)")
@@ -195,7 +208,7 @@ def _config_from_args(args) -> "RunConfig":
         data["hparams"] = {}
     for key in ("problem", "net", "activation", "method", "steps", "time_budget", "seed",
                 "dtype", "eval_ratio", "checkpoint_every", "on_divergence", "devices",
-                "resample_every"):
+                "resample_every", "chunk_steps"):
         value = getattr(args, key)
         if value is not None:
             data[key] = None if value == NO_TIME_LIMIT else value

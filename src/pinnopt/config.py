@@ -45,6 +45,10 @@ class RunConfig:
     redone with the method's safer settings (up to ``max_retries`` times), else the run stops.
     ``tensorboard`` also writes every history row to a TensorBoard log in the run directory's
     ``tensorboard/`` (needs the ``tensorboard`` extra: ``pip install 'pinnopt[tensorboard]'``).
+    ``chunk_steps``: the steps between evaluations run as compiled chunks of at most this
+    many steps, and the budgets and stop signals are looked at between chunks (``"auto"``:
+    the power of two that makes a chunk last about 0.1 s; 1: one step per call). The trained
+    numbers do not depend on it (docs/architecture.md).
     """
 
     problem: str = "poisson"
@@ -65,6 +69,7 @@ class RunConfig:
     max_retries: int = 3
     devices: int | None = None
     resample_every: int = 1
+    chunk_steps: int | str = "auto"
 
     def __post_init__(self):
         self.validate()
@@ -102,6 +107,10 @@ class RunConfig:
             raise ConfigError(f"on_divergence={self.on_divergence!r} must be 'retry' or 'stop'")
         _check_int("max_retries", self.max_retries, minimum=0)
         _check_int("resample_every", self.resample_every, minimum=1)
+        if self.chunk_steps != "auto":
+            if isinstance(self.chunk_steps, str):
+                raise ConfigError(f"chunk_steps={self.chunk_steps!r} must be 'auto' or an integer")
+            _check_int("chunk_steps", self.chunk_steps, minimum=1)
         if self.devices is not None:
             _check_int("devices", self.devices, minimum=1)
         if self.dtype not in DTYPES:

@@ -10,9 +10,16 @@ points (except the first batch, drawn before compilation). Every step's randomne
 from ``(seed, step)``, so a run resumed from a checkpoint repeats exactly the steps of an
 uninterrupted one.
 
-Stopping: the first SIGINT or SIGTERM stops the run at the next step boundary (a final
-checkpoint and evaluation, status ``interrupted``); a second one abandons the step in progress
-at once (:class:`StepAborted`), leaving the last checkpoint as it was. A step whose estimated
+The steps between two host-side events (evaluation rows, checkpoints, the budgets, signals,
+progress) run as one compiled call, a chunk (:func:`chunk_end`): a ``lax.while_loop`` over the
+method's step with the trip count as an argument, so every chunk length runs the same program
+and the numbers do not depend on where chunks end. Each step in it is guarded; a chunk with a
+failing step is rolled back and replayed one step per call, so that divergence is handled at
+the failing step as before.
+
+Stopping: the first SIGINT or SIGTERM stops the run at the end of the chunk in progress (a
+final checkpoint and evaluation, status ``interrupted``); a second one abandons the chunk in
+progress at once (:class:`StepAborted`), leaving the last checkpoint as it was. A step whose estimated
 or measured duration exceeds :data:`ANNOUNCE_SECONDS` is announced, with how to stop it.
 """
 
@@ -22,6 +29,7 @@ import contextlib
 import functools
 import math
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -36,7 +44,7 @@ from pinnopt.distributed import DataParallel
 from pinnopt.nets import Params
 from pinnopt.optim import Method
 from pinnopt.residuals import Batch
-from pinnopt.training.batches import step_keys
+from pinnopt.training.batches import StepBatches, step_keys
 from pinnopt.training.methods import build_method, safer_config
 from pinnopt.training.setup import Setup, TrainState
 
@@ -51,6 +59,17 @@ PROGRESS_EVERY = 30.0
 terminal (a log file, a batch job)."""
 
 STOP_HINT = "Ctrl-C stops after the current step, twice stops at once"
+
+CHUNK_SECONDS = 0.1
+"""With ``chunk_steps = "auto"``, the duration aimed at for one compiled chunk of steps: the
+time budget, stop signals and progress are looked at between chunks, so at most about this
+late, and the host's work between chunks stays well under 1% of the time."""
+
+PROBE_STEPS = 5
+"""With ``chunk_steps = "auto"``, the steps timed one at a time before the chunk length is
+chosen."""
+
+MAX_CHUNK_STEPS = 1 << 14
 
 Evaluate = Callable[[Params, Any, Batch], dict[str, jax.Array]]
 """``(params, method_state, batch) -> {name: scalar}``: the numbers of an evaluation row."""
@@ -106,6 +125,9 @@ class Outcome:
     stop_signal: str | None = None
     """The signal that stopped an ``interrupted`` run (``SIGINT``, ``SIGTERM``), in the
     process that caught it."""
+    chunk_steps: int | None = None
+    """The chunk length ``K`` the run used (:func:`chunk_end`; ``None``: it stopped before
+    ``chunk_steps = "auto"`` had chosen one)."""
 
     def summary(self, num_params: int) -> dict[str, Any]:
         """Status and final numbers (a run directory's ``summary.json``)."""
@@ -120,6 +142,7 @@ class Outcome:
             "final": self.history[-1] if self.history else {},
             "config": self.config.to_dict(),
             "signal": self.stop_signal,
+            "chunk_steps": self.chunk_steps,
         }
 
 
@@ -155,47 +178,90 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
     """Train from ``state`` until a budget of ``setup.config`` is spent, a signal arrives, the
     run diverges or its loss is exactly 0.
 
-    ``batches(step)``: the step's batch (placed on the devices in a data-parallel run).
-    ``history``: the rows of the run so far (a resumed run's), so that a step evaluated before
-    is not evaluated again. ``evaluate``: the numbers of each row (default
-    :func:`standard_evaluation`); the loop adds ``step``, ``time`` and the method's scalars
-    of the last step (``method_*``). ``parallel``: the data-parallel layout, whose process 0
-    decides for all when to stop. Rows go to ``sink`` at every evaluation, checkpoints at
-    evaluations at least ``checkpoint_every`` seconds apart and at the end. ``progress``:
-    show progress on stderr (a bar on a terminal, else a line every :data:`PROGRESS_EVERY`
-    seconds). ``log``: messages (a long step's cost, a stop signal, a divergence retry).
+    ``batches(step)``: the step's batch (placed on the devices in a data-parallel run). A
+    :class:`~pinnopt.training.batches.StepBatches` also tells the loop whether the batch is
+    fixed or how to draw it inside the compiled loop, so that the steps between two host-side
+    events run as one compiled call (a *chunk*, :func:`chunk_end`); with any other function
+    each step is its own call. ``history``: the rows of the run so far (a resumed run's), so
+    that a step evaluated before is not evaluated again. ``evaluate``: the numbers of each row
+    (default :func:`standard_evaluation`); the loop adds ``step``, ``time`` and the method's
+    scalars of the last step (``method_*``). ``parallel``: the data-parallel layout, whose
+    process 0 decides for all when to stop. Rows go to ``sink`` at every evaluation,
+    checkpoints at evaluations at least ``checkpoint_every`` seconds apart and at the end.
+    ``progress``: show progress on stderr (a bar on a terminal, else a line every
+    :data:`PROGRESS_EVERY` seconds). ``log``: messages (a long step's cost, a stop signal, a
+    divergence retry).
 
     A second stop signal raises :class:`StepAborted` (a ``KeyboardInterrupt``) out of the
-    step or compilation in progress; the sink keeps its last checkpoint.
+    chunk or compilation in progress; the sink keeps its last checkpoint.
     """
     config = setup.config
     objective, method = setup.objective, setup.method
     history = list(history)
+    # Where each step's batch comes from: the batch passed in (one fixed batch, or a batch
+    # the host draws for a single step) or a draw inside the compiled loop.
+    in_loop = batches.in_loop() if isinstance(batches, StepBatches) else None
+    host_batches = in_loop is None
+    chunked = in_loop is not None or (isinstance(batches, StepBatches) and batches.fixed)
 
-    def method_key(step: int) -> jax.Array:
-        key = step_keys(config.seed, step)[1]
-        return key if parallel is None else parallel.place_replicated(key)
+    def place(value: Any) -> Any:
+        return value if parallel is None else parallel.place_replicated(value)
 
-    def compile_step(method: Method):
-        def guarded_step(params, mstate, batch, key):
-            new_params, new_state, info = method.step(params, mstate, batch, key)
-            # NaN anywhere in the new state (Gramians, Kronecker factors, moments) or a
-            # non-finite loss or parameter means this step failed. (Inf is allowed in the
-            # state: optax's line search uses it as an initial sentinel.)
-            ok = jnp.isfinite(info["loss"]) & _all_finite(new_params) & ~_any_nan(new_state)
-            return new_params, new_state, info, ok
+    def compile_chunk(method: Method):
+        def chunk(params, mstate, batch, start, count):
+            """Steps ``start, start + 1, ...``: ``count`` of them, or up to and including the
+            first that is not finite or whose loss is exactly 0. Returns the state after the
+            last step run, that step's scalars, the number of steps run and the two flags."""
+
+            def body(carry):
+                i, params, mstate, _, _, _ = carry
+                step = start + i
+                step_batch = batch
+                if in_loop is not None:
+                    step_batch = in_loop(step)
+                    if parallel is not None:
+                        step_batch = jax.lax.with_sharding_constraint(
+                            step_batch, parallel.batch_sharding(step_batch))
+                key = step_keys(config.seed, step)[1]
+                # The barrier makes the step's inputs opaque, as the arguments of a program
+                # of its own are: without it XLA hoists the work that depends only on a
+                # fixed batch out of the loop and fuses the rest differently, which moves
+                # results by a few ulp (ENGD at damping 1e-10 amplifies that to 4e-4 in the
+                # loss within three steps). With it, a step in a chunk gives the bits of a
+                # step compiled alone.
+                params, mstate, step_batch = jax.lax.optimization_barrier(
+                    (params, mstate, step_batch))
+                new_params, new_state, info = method.step(params, mstate, step_batch, key)
+                # NaN anywhere in the new state (Gramians, Kronecker factors, moments) or a
+                # non-finite loss or parameter means this step failed. (Inf is allowed in the
+                # state: optax's line search uses it as an initial sentinel.)
+                ok = jnp.isfinite(info["loss"]) & _all_finite(new_params) & ~_any_nan(new_state)
+                return i + 1, new_params, new_state, info, ok, info["loss"] == 0
+
+            def go_on(carry):
+                i, _, _, _, ok, zero = carry
+                return (i < count) & ok & ~zero
+
+            shapes = jax.eval_shape(method.step, params, mstate, batch,
+                                    step_keys(config.seed, start)[1])[2]
+            info = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+            carry = (jnp.zeros_like(start), params, mstate, info, jnp.asarray(True),
+                     jnp.asarray(False))
+            done, params, mstate, info, ok, zero = jax.lax.while_loop(go_on, body, carry)
+            return params, mstate, info, done, ok, zero
 
         if parallel is None:
-            jitted = jax.jit(guarded_step)
+            jitted = jax.jit(chunk)
         else:
-            # Parameters, scalars and the ok flag replicated; the batch and pointwise
-            # state split along the points; jit inserts the reductions over devices.
+            # Parameters, scalars and the flags replicated; the batch and pointwise state
+            # split along the points; jit inserts the reductions over devices.
             rep, state_sharding = parallel.replicated, parallel.state_sharding(mstate)
             jitted = jax.jit(
-                guarded_step,
-                in_shardings=(rep, state_sharding, parallel.batch_sharding(batch0), rep),
-                out_shardings=(rep, state_sharding, rep, rep))
-        return jitted.lower(params, mstate, batch0, key0).compile()
+                chunk,
+                in_shardings=(rep, state_sharding, parallel.batch_sharding(batch0), rep, rep),
+                out_shardings=(rep, state_sharding, rep, rep, rep, rep))
+        return jitted.lower(params, mstate, batch0, place(_step_index(step)),
+                            place(_step_index(1))).compile()
 
     def save(step: int, train_time: float, params: Params, mstate: Any, next_eval: int) -> None:
         if parallel is not None:
@@ -227,15 +293,16 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
         params, mstate = parallel.place_replicated(params), parallel.place_state(mstate)
     step, train_time, next_eval = state["step"], state["train_time"], state["next_eval"]
     batch0 = batches(step)
-    key0 = method_key(step)
     # Listening from before compilation on: a stop signal while compiling stops before the
     # first step, with a checkpoint, instead of leaving a run without one.
     with _StopSignals(log, sink.location, saved=step if step else None) as signals:
         with signals.compiling():
-            compiled = compile_step(method)
+            compiled = compile_chunk(method)
         estimate = _announce_cost(compiled, setup.dtype, log)
         eval_fn = jax.jit(evaluate or standard_evaluation(setup, parallel))
 
+        chunk_length = _ChunkLength(config.chunk_steps if chunked else 1)
+        replay_until = step  # steps before this one run one at a time (after a failed chunk)
         last_info: dict[str, float] = {}
         last_ckpt = time.monotonic()
         status, message = "completed", ""
@@ -255,15 +322,21 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
                     status, reason = "interrupted", f"stopped by {signals.caught or 'a signal'}"
                 elif zero_loss_step is not None:
                     status, reason = "stalled", _zero_loss_message(zero_loss_step, config.dtype)
-                # Drawing new points is part of training, timed with the step it is for (not
+                # Drawing new points is part of training, timed with the steps it is for (not
                 # when the run ends here: then only the final evaluation uses the batch).
-                t0 = time.perf_counter()
-                batch = batches(step)
-                draw_seconds = time.perf_counter() - t0
+                # Points drawn inside the compiled loop are timed with it.
+                draw_seconds = 0.0
+                batch = None
+                if host_batches:
+                    t0 = time.perf_counter()
+                    batch = batches(step)
+                    draw_seconds = time.perf_counter() - t0
                 evaluated = history and history[-1]["step"] == step
                 if (step >= next_eval or reason) and not evaluated:
                     row = {"step": step, "time": train_time,
-                           **_scalars(eval_fn(params, mstate, batch)), **last_info}
+                           **_scalars(eval_fn(params, mstate,
+                                              batches(step) if batch is None else batch)),
+                           **last_info}
                     history.append(row)
                     sink.record(row)
                     next_eval = next_eval_step(step, config.eval_ratio)
@@ -275,18 +348,30 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
                 if reason:
                     message = reason
                     break
-                key = method_key(step)
+                count = 1
+                if chunked and step >= replay_until:
+                    count = chunk_end(step, next_eval, config.steps, chunk_length()) - step
                 signals.step = step
                 t0 = time.perf_counter()
-                new_params, new_state, info, ok = compiled(params, mstate, batch, key)
-                ok = bool(ok)
+                out = compiled(params, mstate, batch0 if batch is None else batch,
+                               place(_step_index(step)), place(_step_index(count)))
+                new_params, new_state = out[0], out[1]
+                info, done, ok, zero = jax.device_get(out[2:])
                 seconds = time.perf_counter() - t0
+                done, ok = int(done), bool(ok)
                 train_time += draw_seconds + seconds
-                if first_step and seconds >= ANNOUNCE_SECONDS:
+                if first_step and seconds / done >= ANNOUNCE_SECONDS:
                     guess = f" (estimated {_duration(estimate)})" if estimate else ""
                     hint = "" if signals.caught else f"; {STOP_HINT}"
-                    log(f"step {step} took {_duration(seconds)}{guess}{hint}")
+                    log(f"step {step} took {_duration(seconds / done)}{guess}{hint}")
                 first_step = False
+                if not ok and done > 1:
+                    # Step step + done - 1 failed inside the chunk: roll back to the chunk's
+                    # start and replay its steps one at a time, so that the failing step is
+                    # met alone and handled as below (the replayed steps are the same
+                    # computation, so they reach the same state bit for bit).
+                    replay_until = step + done
+                    continue
                 if not ok:
                     safer = safer_config(config) if retries < config.max_retries else None
                     if config.on_divergence == "retry" and safer is not None:
@@ -298,7 +383,7 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
                             f"retrying with {changed} (retry {retries} of {config.max_retries})")
                         method = build_method(config, objective)
                         with signals.compiling():
-                            compiled = compile_step(method)
+                            compiled = compile_chunk(method)
                         sink.reconfigured(config)
                         continue
                     status = "diverged"
@@ -308,13 +393,16 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
                         f"the last good state (step {step}) is kept in {sink.location}"
                     )
                     break
+                if chunk_length.timed(done, seconds) and parallel is not None:
+                    # Process 0's choice for all: every process must run the same chunks.
+                    chunk_length.steps = parallel.agree((chunk_length.steps,))[0]
                 params, mstate = new_params, new_state
                 last_info = {f"method_{k}": float(v) for k, v in info.items() if k != "loss"}
-                if float(info["loss"]) == 0.0:
+                step += done
+                if bool(zero):
                     # Every residual vanished at the training points: the gradient is zero
                     # and nothing can move any more. Stop and say so (see _zero_loss_message).
-                    zero_loss_step = step
-                step += 1
+                    zero_loss_step = step - 1
                 if shown is not None:
                     shown.advance(step, train_time)
         finally:
@@ -324,7 +412,55 @@ def run(setup: Setup, state: TrainState, batches: Callable[[int], Batch], sink: 
     final = {"step": step, "train_time": train_time, "params": params, "method_state": mstate,
              "next_eval": next_eval}
     return Outcome(status, message, final, history, config,
-                   signals.caught if status == "interrupted" else None)
+                   signals.caught if status == "interrupted" else None,
+                   chunk_length.steps)
+
+
+def chunk_end(step: int, next_eval: int, steps: int, chunk_steps: int) -> int:
+    """The step at which the chunk of steps starting at ``step`` ends: the next evaluation,
+    the step budget or the next multiple of ``chunk_steps``, whichever comes first. The
+    host-side events (evaluation rows, checkpoints, the budgets, stop signals, progress)
+    happen between chunks."""
+    end = min(steps, (step // chunk_steps + 1) * chunk_steps)
+    return min(end, next_eval) if next_eval > step else end
+
+
+class _ChunkLength:
+    """The chunk length ``K`` of a run (:func:`chunk_end`): the ``chunk_steps`` setting, or
+    for ``"auto"`` the power of two that makes a chunk last about :data:`CHUNK_SECONDS`,
+    from the median time of the first :data:`PROBE_STEPS` steps (run one at a time until
+    then)."""
+
+    def __init__(self, setting: int | str) -> None:
+        self.steps: int | None = None if setting == "auto" else int(setting)
+        self._seconds: list[float] = []
+
+    def __call__(self) -> int:
+        return 1 if self.steps is None else self.steps
+
+    def timed(self, steps: int, seconds: float) -> bool:
+        """A chunk of ``steps`` good steps took ``seconds``; whether ``K`` was chosen now."""
+        if self.steps is not None or steps != 1:
+            return False
+        self._seconds.append(seconds)
+        if len(self._seconds) < PROBE_STEPS:
+            return False
+        self.steps = auto_chunk_steps(statistics.median(self._seconds))
+        return True
+
+
+def auto_chunk_steps(seconds_per_step: float) -> int:
+    """The largest power of two ``K <= MAX_CHUNK_STEPS`` with ``K`` steps taking at most
+    :data:`CHUNK_SECONDS` (at least 1)."""
+    if seconds_per_step <= 0:
+        return MAX_CHUNK_STEPS
+    k = 2 ** max(0, math.floor(math.log2(CHUNK_SECONDS / seconds_per_step)))
+    return min(k, MAX_CHUNK_STEPS)
+
+
+def _step_index(step: int) -> jax.Array:
+    """A step number as the compiled chunk takes it (the default integer type)."""
+    return jnp.asarray(step, jnp.asarray(0).dtype)
 
 
 class StepAborted(KeyboardInterrupt):
@@ -339,8 +475,8 @@ class StepAborted(KeyboardInterrupt):
 
 class _StopSignals:
     """SIGINT and SIGTERM, while active. The first only notes its name (``caught``) and says
-    so: the loop then stops at the next step boundary and checkpoints instead of dying
-    mid-step. A second one raises :class:`StepAborted` at once (JAX waits for a computation
+    so: the loop then stops at the end of the chunk of steps in progress and checkpoints
+    instead of dying mid-step. A second one raises :class:`StepAborted` at once (JAX waits for a computation
     or a compilation in a way that lets the handler run), except while a checkpoint is being
     written (:meth:`writing`), which it lets finish first. Signal handlers can only be set
     from the main thread; elsewhere signals act as usual.
@@ -492,7 +628,7 @@ class _Progress(Protocol):
         """An evaluation row (its numbers are shown)."""
 
     def advance(self, step: int, train_time: float) -> None:
-        """A step is done: ``step`` steps and ``train_time`` seconds trained so far."""
+        """Steps are done: ``step`` steps and ``train_time`` seconds trained so far."""
 
     def close(self) -> None:
         """The run has ended."""
@@ -523,7 +659,7 @@ class _Bar:
         self._bar.set_postfix(_postfix(self._setup, row), refresh=False)
 
     def advance(self, step: int, train_time: float) -> None:
-        self._bar.update(1)
+        self._bar.update(step - self._bar.n)
 
     def close(self) -> None:
         self._bar.close()
