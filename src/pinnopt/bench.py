@@ -15,6 +15,11 @@ A suite is a TOML file ``benchmarks/suites/<name>.toml``::
     method = "adam"
     hparams = { lr = 1e-3 }
     seeds = [0, 1, 2]            # or seed = 0: one run
+    quick = { problem_options = { n_interior = 60 } }   # this run's extra ``--quick`` overrides
+
+With ``--quick`` the suite's ``[quick]`` table and then the run's own ``quick`` table are laid
+over the run's settings; their ``problem_options`` and ``hparams`` are merged key by key into
+the run's (so a quick run can shrink the point count of a large problem and keep its ``dim``).
 
 A run with ``seeds`` stands for one run per seed, named ``<name>-s<seed>`` in group
 ``<group>-s<seed>`` (one figure per seed). The suite's runs are ordered seed by seed (every
@@ -134,6 +139,10 @@ def load_suite(path: Path, quick: bool = False, _seen: tuple[str, ...] = ()
         if not name or not isinstance(name, str):
             raise ConfigError(f"suite {str(path)!r}: every run needs a unique name (got {name!r})")
         group = entry.pop("group", name)
+        run_quick = entry.pop("quick", {})
+        if not isinstance(run_quick, dict):
+            raise ConfigError(f"suite run {name!r}: quick must be a table of settings "
+                              f"(got {run_quick!r})")
         for position, (run_name, run_group, seed) in enumerate(_expand_seeds(name, group, entry)):
             if run_name in names:
                 raise ConfigError(
@@ -143,7 +152,7 @@ def load_suite(path: Path, quick: bool = False, _seen: tuple[str, ...] = ()
             if seed is not None:
                 settings["seed"] = seed
             if quick:
-                settings.update(data.get("quick", {}))
+                settings = _overlay(_overlay(settings, data.get("quick", {})), run_quick)
             try:
                 config = RunConfig.from_dict(settings)
             except ConfigError as err:
@@ -151,6 +160,16 @@ def load_suite(path: Path, quick: bool = False, _seen: tuple[str, ...] = ()
             own.append((position, SuiteRun(run_name, run_group, config, path.stem)))
     own.sort(key=lambda item: item[0])  # stable: seed by seed, in the file's order within one
     return data, included + [run for _, run in own]
+
+
+def _overlay(settings: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with ``overrides`` laid over them; the ``problem_options`` and ``hparams``
+    tables are merged key by key rather than replaced."""
+    merged = {**settings, **overrides}
+    for key in ("problem_options", "hparams"):
+        if isinstance(settings.get(key), dict) and isinstance(overrides.get(key), dict):
+            merged[key] = {**settings[key], **overrides[key]}
+    return merged
 
 
 def _expand_seeds(name: str, group: str, entry: dict[str, Any]
@@ -454,7 +473,11 @@ def write_table(out: Path, description: str, rows: list[dict[str, Any]]) -> None
             cells.append(fmt(r.get(k, "")))
         lines.append("| " + " | ".join(cells) + " |")
     m = json.loads((out / "machine.json").read_text())
-    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['device']}, jax {m['jax']}, "
+    gpu = "".join(f", {label} {m[key]}" for key, label in (
+        ("gpu_driver", "driver"), ("cuda_runtime", "CUDA runtime"), ("cudnn", "cuDNN"))
+        if m.get(key))
+    device = m["device"] + (f" ({m['device_kind']})" if gpu and m.get("device_kind") else "")
+    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {device}{gpu}, jax {m['jax']}, "
                   f"load average {m['load_average_1min']:.2f} when the suite started"
                   + (f", pinned to {m['cores_used']} of the cores." if m.get("cores_used")
                      and m["cores_used"] < m["cores"] else ".")]

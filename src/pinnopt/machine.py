@@ -7,6 +7,7 @@ benchmark) write ``machine.json`` with :func:`machine` into a directory named by
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import re
@@ -27,7 +28,8 @@ def machine() -> dict[str, Any]:
     """CPU, cores, accelerator, software versions and load of this machine.
 
     On a GPU the driver and CUDA versions reported by ``nvidia-smi`` are added when it is
-    installed; fields that cannot be found are left out.
+    installed (``gpu_driver``, ``cuda``: the newest CUDA the driver supports), and what JAX
+    itself loaded (:func:`jax_cuda_versions`); fields that cannot be found are left out.
     """
     import jax
     import jaxlib
@@ -58,7 +60,46 @@ def machine() -> dict[str, Any]:
     }
     if devices[0].platform == "gpu":
         info.update(nvidia_versions())
+        info.update(jax_cuda_versions())
     return info
+
+
+def jax_cuda_versions() -> dict[str, str]:
+    """What JAX runs on a CUDA GPU with: ``jax_cuda_plugin`` (the installed plugin package and
+    its version) and the ``cuda_runtime`` and ``cudnn`` versions the plugin loaded (from
+    ``jax._src.lib.cuda_versions``, a private module: left out when it is missing or changed)."""
+    found = {}
+    for package in ("jax-cuda13-plugin", "jax-cuda12-plugin"):
+        try:
+            found["jax_cuda_plugin"] = f"{package} {importlib.metadata.version(package)}"
+            break
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    try:
+        from jax._src.lib import cuda_versions
+    except ImportError:
+        cuda_versions = None
+    for key, function in (("cuda_runtime", "cuda_runtime_get_version"),
+                          ("cudnn", "cudnn_get_version")):
+        try:
+            number = int(getattr(cuda_versions, function)())
+        except Exception:  # no plugin, a renamed function, or no GPU library loaded
+            continue
+        found[key] = _cuda_version(number) if key == "cuda_runtime" else _cudnn_version(number)
+    return found
+
+
+def _cuda_version(number: int) -> str:
+    """CUDA's integer version (1000 · major + 10 · minor, e.g. 12080) as ``"12.8"``."""
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
+def _cudnn_version(number: int) -> str:
+    """cuDNN's integer version as ``"major.minor.patch"``: 10000 · major + 100 · minor + patch
+    from cuDNN 9 on (91900 is 9.19.0), 1000 · major + 100 · minor + patch before (8907)."""
+    if number >= 90000:
+        return f"{number // 10000}.{number % 10000 // 100}.{number % 100}"
+    return f"{number // 1000}.{number % 1000 // 100}.{number % 100}"
 
 
 def nvidia_versions() -> dict[str, str]:
