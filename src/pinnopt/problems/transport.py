@@ -18,6 +18,14 @@ Losses (``loss=``):
 
 Both: ``boundary`` f − inflow data (weight 10) and ``initial`` f (weight 10).
 
+First-collision split (``split="first-collision"``, docs/methods.md §8.1,
+:mod:`pinnopt.problems.first_collision`): f = s(ε) f_u + f_n, the uncollided part f_u in
+closed form, blended by s(ε), and the networks' remainder f_n. The fields (ρ, g, f) are those
+of the total f; the residuals are those of the remainder, which solves the same equation with
+the isotropic source s ρ_u/ε: it enters only ``macro`` (− s ρ_u/ε², with ρ_u exact) and
+``kinetic`` (− s ρ_u/ε); ``micro`` is unchanged; ``boundary`` and ``initial`` act on the
+total f. With s = 0 (ε ≤ 1e-2 by default) the model is the unsplit one.
+
 Point layout: every group's points are rows ``(t, x, v, eps)`` (see
 :mod:`pinnopt.problems.kinetic`): ``eps`` is the raw ε of the point; the velocity dependence of
 every residual is taken at the nv quadrature nodes, so a point's residual row has one entry per
@@ -48,6 +56,7 @@ import numpy as np
 from pinnopt.geometry import Box
 from pinnopt.nets import MLP
 from pinnopt.problems.base import Problem
+from pinnopt.problems.first_collision import BLEND, FirstCollision
 from pinnopt.problems.kinetic import (
     RECIPROCAL,
     EpsEncoding,
@@ -77,6 +86,7 @@ from pinnopt.taylor import (
 )
 
 LOSSES = ("apnn", "vanilla")
+SPLITS = ("none", "first-collision")
 FIELDS = ("rho", "g", "f")
 EVAL_EPS = (1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8)
 # Hidden widths (ρ net, g net). The vanilla loss uses the second list for its f net.
@@ -90,8 +100,29 @@ WEIGHTS = {"micro": 1.0, "macro": 1.0, "kinetic": 1.0, "boundary": 10.0, "initia
 
 @dataclass(frozen=True)
 class _KineticBase(PhaseSpaceModel):
-    """What both transport models share: boundary and initial residuals on f at the nodes.
-    The quadrature weights are those of ⟨·⟩ = ½∫dv (Σ w_k = 1)."""
+    """What both transport models share: boundary and initial residuals on f at the nodes,
+    and the optional first-collision split (``split``: f = s f_u + the networks' remainder;
+    ``None``: no split). The quadrature weights are those of ⟨·⟩ = ½∫dv (Σ w_k = 1)."""
+
+    split: FirstCollision | None = None
+
+    @property
+    def split_text(self) -> str:
+        """``", first-collision split (blend ε_off..ε_on)"`` for :meth:`describe`, or nothing."""
+        if self.split is None:
+            return ""
+        return f", first-collision split (blend {self.split.eps_off:g}..{self.split.eps_on:g})"
+
+    def split_nodes(self, X: jax.Array) -> jax.Array:
+        """s f_u at every velocity node, ``(N, nv)`` (the split's share of f there)."""
+        return self.split.at_nodes(X, self.quadrature(X.dtype)[0])
+
+    def with_split(self, fields: Jet, X: jax.Array, derivs: Derivatives) -> Jet:
+        """The jet of the total (ρ, g, f) ``(N, 3)`` from that of the remainder's: adds the
+        split's (s ρ_u, s (f_u − ρ_u)/ε, s f_u) when there is a split."""
+        if self.split is None:
+            return fields
+        return linear(jnp.add, fields, self.split.jet(X, derivs))
 
     # -- the residuals both losses share ---------------------------------------------------
     def f_nodes(self, params: dict, X: jax.Array) -> jax.Array:
@@ -134,7 +165,7 @@ class MicroMacroModel(_KineticBase):
 
     def describe(self) -> str:
         return (f"rho {self.rho_net.describe()} + g {self.g_net.describe()}, "
-                f"{self.encoding.describe()}")
+                f"{self.encoding.describe()}{self.split_text}")
 
     def init(self, key: jax.Array, dtype=jnp.float64) -> dict:
         k_rho, k_g, k_e = jax.random.split(key, 3)
@@ -143,12 +174,14 @@ class MicroMacroModel(_KineticBase):
 
     def jet(self, params: dict, X: jax.Array, derivs: Derivatives) -> Jet:
         """ρ, g and f = ρ + εg at the points' velocities, ``(N, 3)``, with their derivatives
-        along ``derivs`` (directions in ``(t, x, v, eps)``); g = ĝ(v) − ⟨ĝ⟩."""
+        along ``derivs`` (directions in ``(t, x, v, eps)``); g = ĝ(v) − ⟨ĝ⟩. With the split,
+        the total fields: (ρ_n + s ρ_u, g_n + s (f_u − ρ_u)/ε, f_n + s f_u)."""
         rho = self.rho_jet(params, X, derivs)
         g_at_v = self.point_jet(self.g_net, params, "g", X, derivs, velocity=True)
         g = linear(jnp.subtract, g_at_v, self.average(self.g_hat_jet(params, X, derivs)))
         eps = column(coordinates(X, derivs), 3)
-        return concatenate([rho, g, linear(jnp.add, rho, product(eps, g, derivs))])
+        remainder = concatenate([rho, g, linear(jnp.add, rho, product(eps, g, derivs))])
+        return self.with_split(remainder, X, derivs)
 
     def apply(self, params: dict, X: jax.Array) -> jax.Array:
         """``(N, 3)``: ρ, g and f = ρ + εg at the points' velocities."""
@@ -185,7 +218,8 @@ class MicroMacroModel(_KineticBase):
     def f_nodes(self, params: dict, X: jax.Array) -> jax.Array:
         values = partials("")
         rho, g = self.rho_jet(params, X, values), self.g_jet(params, X, values)
-        return rho.value + X[:, 3:4] * g.value
+        f = rho.value + X[:, 3:4] * g.value
+        return f if self.split is None else f + self.split_nodes(X)
 
     # -- the APNN residuals --------------------------------------------------------------------
     # ⟨·⟩ commutes with ∂_t and ∂_x, so ∂_x⟨v g⟩ = ⟨v ∂_x g⟩, from g's jet at the nodes.
@@ -200,11 +234,15 @@ class MicroMacroModel(_KineticBase):
         return jnp.sqrt(w) * r
 
     def macro(self, params: dict, X: jax.Array) -> jax.Array:
-        """∂_t ρ + ∂_x ⟨v g⟩, ``(N, 1)``."""
+        """∂_t ρ + ∂_x ⟨v g⟩, ``(N, 1)``; with the split, of the remainder and minus its
+        source s ρ_u / ε² (the micro residual has no source: it is isotropic)."""
         rho_t = self.rho_jet(params, X, partials("t")).grad[:, 0]
         g_x = self.g_jet(params, X, partials("x")).grad[:, 0]
         v, w = self.quadrature(X.dtype)
-        return rho_t + ((g_x * v) @ w)[:, None]
+        r = rho_t + ((g_x * v) @ w)[:, None]
+        if self.split is None:
+            return r
+        return r - self.split.density(X) / X[:, 3:4] ** 2
 
 
 @dataclass(frozen=True)
@@ -218,7 +256,7 @@ class VanillaModel(_KineticBase):
         return self.f_net.num_params + self.encoding.num_params
 
     def describe(self) -> str:
-        return f"f {self.f_net.describe()}, {self.encoding.describe()}"
+        return f"f {self.f_net.describe()}, {self.encoding.describe()}{self.split_text}"
 
     def init(self, key: jax.Array, dtype=jnp.float64) -> dict:
         k_f, k_e = jax.random.split(key)
@@ -229,35 +267,41 @@ class VanillaModel(_KineticBase):
         return self.node_jet(self.f_net, params, "f", X, derivs)
 
     def f_nodes(self, params: dict, X: jax.Array) -> jax.Array:
-        return self.f_jet(params, X, partials("")).value
+        f = self.f_jet(params, X, partials("")).value
+        return f if self.split is None else f + self.split_nodes(X)
 
     def jet(self, params: dict, X: jax.Array, derivs: Derivatives) -> Jet:
         """ρ = ⟨f⟩, g = (f − ρ)/ε and f at the points' velocities, ``(N, 3)``, with their
-        derivatives along ``derivs`` (directions in ``(t, x, v, eps)``)."""
+        derivatives along ``derivs`` (directions in ``(t, x, v, eps)``); with the split, of
+        the total f = f_n + s f_u (ρ_u the exact average of f_u)."""
         f = self.point_jet(self.f_net, params, "f", X, derivs, velocity=True)
         rho = self.average(self.f_jet(params, X, derivs))
         inverse_eps = elementwise(column(coordinates(X, derivs), 3), RECIPROCAL, derivs)
         g = product(linear(jnp.subtract, f, rho), inverse_eps, derivs)
-        return concatenate([rho, g, f])
+        return self.with_split(concatenate([rho, g, f]), X, derivs)
 
     def apply(self, params: dict, X: jax.Array) -> jax.Array:
         """``(N, 3)``: ρ = ⟨f⟩, g = (f − ρ)/ε and f at the points' velocities."""
         return self.jet(params, X, partials("")).value
 
     def kinetic(self, params: dict, X: jax.Array) -> jax.Array:
-        """√w_k (ε ∂_t f + v ∂_x f − (⟨f⟩ − f)/ε) at the nodes, ``(N, nv)``."""
+        """√w_k (ε ∂_t f + v ∂_x f − (⟨f⟩ − f)/ε) at the nodes, ``(N, nv)``; with the split,
+        of the remainder f_n, whose collision term gains the source: ⟨f_n⟩ + s ρ_u − f_n."""
         f = self.f_jet(params, X, partials("tx"))
         f_t, f_x = f.grad[:, 0], f.grad[:, 1]
         eps, (v, w) = X[:, 3:4], self.quadrature(X.dtype)
         rho = (f.value @ w)[:, None]
+        if self.split is not None:
+            rho = rho + self.split.density(X)
         return jnp.sqrt(w) * (eps * f_t + v * f_x - (rho - f.value) / eps)
 
 
-def make_model(loss: str, encoding: EpsEncoding, t_final: float, nv: int, rho_sharpness: float = 1.0):
+def make_model(loss: str, encoding: EpsEncoding, t_final: float, nv: int, rho_sharpness: float = 1.0,
+               split: FirstCollision | None = None):
     """``model(net_spec, activation)`` for :attr:`Problem.model`."""
     v, w = gauss_legendre(nv, -1.0, 1.0)
     base = dict(encoding=encoding, t_final=t_final, x_range=(0.0, 1.0), v_scale=1.0,
-                nodes=tuple(v), weights=tuple(w / 2.0))
+                nodes=tuple(v), weights=tuple(w / 2.0), split=split)
     code = encoding.width
 
     def model(spec: str, activation: str):
@@ -305,6 +349,8 @@ def transport(
     resample: bool = True,
     reference_nx: int = 200,
     reference_nv: int = 60,
+    split: str = "none",
+    split_blend: list[float] | None = None,
 ) -> Problem:
     """Linear transport (module docstring).
 
@@ -317,7 +363,11 @@ def transport(
     those of 1, 1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8 in the range, or the fixed ε).
     ``reference_nx``/``reference_nv``: grid of the reference solver. ``rho_sharpness`` β of
     ρ = softplus(βρ̂)/β (APNN). ``boundary_weight``/``initial_weight``: weights of the
-    ``boundary`` and ``initial`` groups (default 10 each, as in [APNN]).
+    ``boundary`` and ``initial`` groups (default 10 each, as in [APNN]). ``split``:
+    ``none`` or ``first-collision`` (f = s(ε) f_u + the networks' remainder, module docstring;
+    the networks learn the remainder's residuals and the metrics score the total ρ);
+    ``split_blend = [eps_off, eps_on]``: s = 0 below eps_off, 1 above eps_on (default
+    [1e-2, 1e-1]).
     """
     rng = parse_eps("transport", eps, [1e-8, 1.0] if eps is None and eps_range is None else eps_range)
     if loss not in LOSSES:
@@ -332,6 +382,17 @@ def transport(
     for name, w in (("boundary_weight", boundary_weight), ("initial_weight", initial_weight)):
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
             raise ValueError(f"transport: {name} must be a positive number, got {w!r}")
+    if split not in SPLITS:
+        raise ValueError(f"transport: split {split!r} unknown; choose from {', '.join(SPLITS)}")
+    if split_blend is None:
+        split_blend = list(BLEND)
+    if (not isinstance(split_blend, (list, tuple)) or len(split_blend) != 2
+            or any(isinstance(e, bool) or not isinstance(e, (int, float)) for e in split_blend)
+            or not 0 < split_blend[0] < split_blend[1]):
+        raise ValueError(f"transport: split_blend must be [eps_off, eps_on] with "
+                         f"0 < eps_off < eps_on, got {split_blend!r}")
+    first_collision = (FirstCollision(float(split_blend[0]), float(split_blend[1]))
+                       if split == "first-collision" else None)
     encoding = EpsEncoding(rng, eps_embedding)
     if eval_eps is None:
         eval_eps = [rng.lo] if rng.fixed else [e for e in EVAL_EPS if rng.contains(e)] or [rng.lo, rng.hi]
@@ -387,8 +448,10 @@ def transport(
         resample=bool(resample),
         nets={k: () for k in NETS},
         default_net="small",
-        description=f"linear transport, {loss} loss, {eps_text}, T={T:g}, nv={nv}",
-        model=make_model(loss, encoding, T, nv, rho_sharpness),
+        description=(f"linear transport, {loss} loss, {eps_text}, T={T:g}, nv={nv}"
+                     + (f", first-collision split (blend {split_blend[0]:g}..{split_blend[1]:g})"
+                        if first_collision else "")),
+        model=make_model(loss, encoding, T, nv, rho_sharpness, first_collision),
         reference_fields=("rho",),
         metrics=per_eps_metrics(eval_eps, FIELDS, ("rho",)),
     )
