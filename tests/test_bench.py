@@ -71,11 +71,16 @@ def test_a_completed_run_is_kept_until_the_suite_changes_it(tmp_path, monkeypatc
     write(tmp_path, "base", '[defaults]\nsteps = 3\n' + RUN.format(name="g-adam", method="adam"))
     out = bench.run_suite("base", progress=False)
     history = (out / "runs" / "g-adam" / "history.jsonl").read_text()
+    # A call with nothing to train keeps the machine record of the call that trained.
+    marker = {**json.loads((out / "machine.json").read_text()), "load_average_1min": -1.0}
+    (out / "machine.json").write_text(json.dumps(marker))
     bench.run_suite("base", progress=False)
     assert (out / "runs" / "g-adam" / "history.jsonl").read_text() == history
+    assert json.loads((out / "machine.json").read_text()) == marker
     write(tmp_path, "base", '[defaults]\nsteps = 4\n' + RUN.format(name="g-adam", method="adam"))
     bench.run_suite("base", progress=False)
     assert rows(out)[0]["steps"] == "4"
+    assert json.loads((out / "machine.json").read_text())["load_average_1min"] >= 0  # rewritten
 
 
 def test_a_run_whose_retry_changed_its_hparams_is_still_kept(tmp_path, monkeypatch):

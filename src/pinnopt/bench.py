@@ -217,7 +217,11 @@ def run_suite(name: str, quick: bool = False, out: str | Path | None = None,
         return out
     cores = _cores(jobs)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    (out / "machine.json").write_text(json.dumps(machine(), indent=2))
+    if (any(a in (RESUME, TRAIN, RETRAIN) for a in actions)
+            or not (out / "machine.json").exists()):
+        # The machine (and its load) of the invocation that trains; a call that only
+        # re-tabulates finished runs keeps the record of the one that trained them.
+        (out / "machine.json").write_text(json.dumps(machine(), indent=2))
     work = []
     for run, action in zip(runs, actions):
         if action == COPY:
