@@ -202,12 +202,11 @@ def engd_direction(jac: jax.Array, residual: jax.Array, damping: jax.Array | flo
     for size in sizes:
         block = jac[:, start:start + size]
         if solver == "svd":
-            pieces.append(-svd_least_squares(block, residual, damping))
-            fallbacks.append(jnp.ones((), jac.dtype))
-            start += size
-            continue
-        solution, fallback = damped_solve(block.T @ block, gradient[start:start + size],
-                                          damping, solver)
+            solution = svd_least_squares(block, residual, damping)
+            fallback = jnp.ones((), jac.dtype)
+        else:
+            solution, fallback = damped_solve(block.T @ block, gradient[start:start + size],
+                                              damping, solver)
         pieces.append(-solution)
         fallbacks.append(fallback)
         start += size
