@@ -1,0 +1,81 @@
+"""One Gauss–Newton step on each problem family equals the dense step from explicit Jacobians
+(float64, tiny nets): multi-output flux systems (Stokes, cavity), a periodic pair constraint
+(convection), an interface (composite heat) and the kinetic micro–macro losses (transport,
+BGK). The reference Jacobian is ``jax.jacfwd`` of the whole stacked residual vector, so it also
+checks that each family's residual of one point depends on that point only (which the
+per-point Jacobian of ``residual_and_jacobian`` assumes)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pinnopt  # noqa: F401  (float64)
+from pinnopt.config import RunConfig
+from pinnopt.optim import make_method
+from pinnopt.optim.gramian import flatten
+from pinnopt.optim.gauss_newton import residual_and_jacobian
+from pinnopt.problems import make_problem
+from pinnopt.train import build
+
+FAMILIES = {
+    "stokes-first-order": ("stokes", {"formulation": "first-order", "n_interior": 6,
+                                      "n_boundary": 5}, None),
+    "cavity-first-order": ("cavity", {"formulation": "first-order", "n_interior": 6,
+                                      "n_lid": 3, "n_walls": 4}, None),
+    "convection-periodic": ("convection", {"n_interior": 6, "n_initial": 4, "n_periodic": 4},
+                            None),
+    "composite-heat-interface": ("composite_heat", {"formulation": "first-order",
+                                                    "n_interior": 6, "n_boundary": 4,
+                                                    "n_initial": 4}, None),
+    "transport-apnn": ("transport", {"n_interior": 5, "n_boundary": 3, "n_initial": 4, "nv": 4,
+                                     "eps_range": [1e-4, 1.0], "reference_nx": 20,
+                                     "reference_nv": 8}, "4/4"),
+    "bgk": ("bgk", {"n_interior": 4, "n_boundary": 2, "n_initial": 4, "nv": 6,
+                    "reference_nx": 20, "reference_nv": 16}, "3/3"),
+}
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("PINNOPT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_engd_step_is_the_dense_gauss_newton_step(family):
+    name, options, net = FAMILIES[family]
+    if net is None:  # a plain MLP with two hidden layers of 4
+        problem = make_problem(name, **options)
+        net = f"{problem.dim}-4-4-{len(problem.fields)}"
+    setup = build(RunConfig(problem=name, problem_options=options, net=net, method="adam"))
+    objective = setup.objective
+    params = setup.net.init(jax.random.PRNGKey(3))
+    batch = objective.sample(jax.random.PRNGKey(4))
+    flat, unravel = flatten(params)
+    damping = 1e-3
+
+    @jax.jit
+    def compute(flat):
+        r, jac = residual_and_jacobian(objective, unravel(flat), batch)
+        dense_r = objective.residual_vector(unravel(flat), batch)
+        dense_j = jax.jacfwd(lambda f: objective.residual_vector(unravel(f), batch))(flat)
+        return r, jac, dense_r, dense_j
+
+    r, jac, dense_r, dense_j = (np.asarray(a) for a in compute(flat))
+    assert dense_j.shape[0] > 1 and np.abs(dense_j).max() > 0
+    np.testing.assert_allclose(r, dense_r, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(jac, dense_j, rtol=1e-10, atol=1e-10 * np.abs(dense_j).max())
+
+    # The damped Gauss-Newton direction from the dense Jacobian, and the step ENGD takes
+    # (divided by the step size its line search chose): full (D x D) and sample-space.
+    d = flat.shape[0]
+    expected = -np.linalg.solve(dense_j.T @ dense_j + damping * np.eye(d), dense_j.T @ dense_r)
+    for variant, solver in (("full", "cholesky"), ("woodbury", "svd")):
+        method = make_method("engd", objective, variant=variant, solver=solver, damping=damping)
+        state = method.init(params)
+        new, _, info = jax.jit(method.step)(params, state, batch, jax.random.PRNGKey(0))
+        alpha = float(info["step_size"])
+        assert alpha > 0, (variant, solver)
+        step = np.asarray(flatten(new)[0] - flat) / alpha
+        np.testing.assert_allclose(step, expected, rtol=1e-7,
+                                   atol=1e-9 * np.abs(expected).max(), err_msg=variant + solver)
