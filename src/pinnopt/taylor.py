@@ -25,6 +25,12 @@ the jet of any input map. With the jets of elementwise functions (:func:`element
 products (:func:`product`) and linear maps (:func:`linear`), models built from several MLPs
 (input encodings, positivity maps, velocity averages) get their derivatives from the same
 pass, slot by slot, with no second derivative system.
+
+FiLM conditioning (:func:`modulate`): every hidden layer's pre-activation may be scaled and
+shifted per point, z ← γ ⊙ z + β, by quantities computed elsewhere (the kinetic models' ε
+conditioning network). Where γ and β do not depend on the differentiated coordinates they are
+per-point constants: the value slot gets γ z + β and every other slot γ times itself; where
+they do, their jets enter by the product rule.
 """
 
 from __future__ import annotations
@@ -188,12 +194,34 @@ def concatenate(jets: Sequence[Jet]) -> Jet:
     return linear(lambda *a: jnp.concatenate(a, axis=-1), *jets)
 
 
+Modulation = tuple[jax.Array | Jet, jax.Array | Jet]
+"""FiLM ``(scale, shift)`` of one hidden layer, ``(N, width)`` each: plain arrays for
+per-point constants, or jets along the pass's directions (:func:`modulate`)."""
+
+
+def modulate(u: Jet, scale: jax.Array | Jet, shift: jax.Array | Jet, derivs: Derivatives) -> Jet:
+    """The jet of ``scale ⊙ u + shift`` (FiLM). Arrays are per-point constants:
+
+        γ u + β,   γ ∂_i u,   γ Σ_i c_i ∂²_i u;
+
+    jets (quantities that vary along the directions) go through :func:`product`."""
+    if isinstance(scale, Jet):
+        scaled = product(scale, u, derivs)
+    else:
+        scaled = Jet(scale * u.value, scale[..., None, :] * u.grad,
+                     None if u.second is None else scale * u.second)
+    if isinstance(shift, Jet):
+        return linear(jnp.add, scaled, shift)
+    return scaled._replace(value=scaled.value + shift)
+
+
 def propagate(
     net: Network,
     params: LayerParams,
     inputs: Jet,
     derivs: Derivatives,
     taps: Sequence[jax.Array] | None = None,
+    film: Sequence[Modulation] | None = None,
 ) -> tuple[Jet, list[jax.Array]]:
     """The Taylor-mode pass of ``net`` from the jet of its inputs, ``inputs.value (N, in_dim)``.
 
@@ -201,8 +229,13 @@ def propagate(
     fan_in)`` (slot order as in the module docstring; the bias input, 1 for the value slot and
     0 for the others, is not included). ``taps``, if given, is one array ``(N, S, fan_out)``
     per layer added to that layer's stacked outputs; differentiating a function of the result
-    with respect to the taps at zero gives the per-slot output gradients.
+    with respect to the taps at zero gives the per-slot output gradients. ``film``, if given,
+    is one ``(scale, shift)`` per hidden layer: that layer's pre-activation z = W h + b becomes
+    scale ⊙ z + shift before the activation (:func:`modulate`).
     """
+    if film is not None and len(film) != len(params) - 1:
+        raise ValueError(f"film needs one (scale, shift) per hidden layer ({len(params) - 1}), "
+                         f"got {len(film)}")
     if inputs.value.shape[-1] != net.in_dim:
         raise ValueError(
             f"points have {inputs.value.shape[-1]} coordinates, the net takes {net.in_dim}")
@@ -224,6 +257,8 @@ def propagate(
         else:
             out = out._replace(value=value)
         if i < last:
+            if film is not None:
+                out = modulate(out, *film[i], derivs)
             out = elementwise(out, net.act, derivs)
     return out, layer_inputs
 

@@ -28,6 +28,8 @@ node scaled by √(w_k/Σw) (the row's squared norm is the velocity mean of r²)
 Point layout, as for ``transport``: rows ``(t, x, v, eps)``; ``v`` unused in training.
 Boundary rows alternate x = −0.5 (even) and x = 0.5 (odd).
 
+ε encoding (``eps_features``, ``eps_conditioning``, ``eps_embedding``): as for ``transport``.
+
 Fields: ``rho``, ``u``, ``T`` and ``f`` at the point's velocity. Evaluation: (ρ, u, T) at
 t = t_final on ``n_eval_x`` equispaced x per evaluated ε against
 :func:`pinnopt.reference.bgk.solve_bgk` (cached); metrics ``rel_l2_<rho|u|T>_eps<ε>``.
@@ -35,7 +37,7 @@ t = t_final on ``n_eval_x`` equispaced x per evaluated ε against
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +57,7 @@ from pinnopt.problems.kinetic import (
     gauss_legendre,
     kinetic_sampler,
     model_group,
+    parse_encoding,
     parse_eps,
     parse_widths,
     partials,
@@ -90,15 +93,15 @@ def maxwellian(q: jax.Array, v: jax.Array) -> jax.Array:
 
 @dataclass(frozen=True)
 class BGKModel(PhaseSpaceModel):
-    """Networks for f and (ρ, u, T). Parameters ``{"f", "macro"[, "embed"]}``."""
+    """Networks for f and (ρ, u, T). Parameters ``{"f", "macro"[, "embed" | "film"]}``."""
 
     f_net: MLP | None = None
     macro_net: MLP | None = None
 
     # -- the model interface -----------------------------------------------------------------
     @property
-    def num_params(self) -> int:
-        return self.f_net.num_params + self.macro_net.num_params + self.encoding.num_params
+    def members(self) -> dict[str, MLP]:
+        return {"f": self.f_net, "macro": self.macro_net}
 
     def describe(self) -> str:
         return (f"f {self.f_net.describe()} + (rho,u,T) {self.macro_net.describe()}, "
@@ -195,7 +198,7 @@ def make_model(encoding: EpsEncoding, t_final: float, nv: int, vmax: float):
 
     def model(spec: str, activation: str):
         f_w, m_w = parse_widths(spec, NETS, 2, "f net / (rho,u,T) net")
-        enc = EpsEncoding(encoding.range, encoding.latent, activation)
+        enc = replace(encoding, activation=activation)
         code = enc.width
         return BGKModel(encoding=enc, t_final=t_final, x_range=(X_LEFT, X_RIGHT), v_scale=vmax,
                         nodes=tuple(v), weights=tuple(w),
@@ -223,6 +226,8 @@ def bgk(
     eps_range: list[float] | None = None,
     eps_sampling: str = "decades",
     eps_embedding: int = 0,
+    eps_features: str | list[str] = "log",
+    eps_conditioning: str = "input",
     t_final: float = 0.1,
     nv: int = 64,
     vmax: float = 10.0,
@@ -237,8 +242,9 @@ def bgk(
 ) -> Problem:
     """BGK with the APNN loss (module docstring).
 
-    ``eps`` (fixed) or ``eps_range`` (default [1e-3, 1]) with ``eps_sampling`` and
-    ``eps_embedding`` as for ``transport``. ``n_interior`` points each for ``kinetic``,
+    ``eps`` (fixed) or ``eps_range`` (default [1e-3, 1]) with ``eps_sampling``,
+    ``eps_embedding``, ``eps_features`` (``log``, ``eps``, ``eps2``) and ``eps_conditioning``
+    (``input``, ``film``) as for ``transport``. ``n_interior`` points each for ``kinetic``,
     ``conservation`` and ``moments``, redrawn every step (``resample=False``: one fixed draw). ``eval_eps`` defaults to those of
     1, 1e-1, 1e-2, 1e-3 in the range. ``reference_nx``/``reference_nv``: reference grid.
     """
@@ -247,7 +253,7 @@ def bgk(
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"bgk: {name} must be a positive number, got {value!r}")
     t_final, vmax = float(t_final), float(vmax)
-    encoding = EpsEncoding(rng, eps_embedding)
+    encoding = parse_encoding("bgk", rng, eps_embedding, eps_features, eps_conditioning)
     if eval_eps is None:
         eval_eps = [rng.lo] if rng.fixed else [e for e in EVAL_EPS if rng.contains(e)] or [rng.lo, rng.hi]
     eval_eps = [float(e) for e in eval_eps]

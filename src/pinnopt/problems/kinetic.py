@@ -1,8 +1,11 @@
 """Shared pieces of the kinetic problems (``transport``, ``bgk``; docs/methods.md §8).
 
-- the ε encoding: ε is a point coordinate (its raw value); a model turns it into network
-  inputs, log10 ε normalised to [−1, 1] over [ε_min, ε_max], optionally passed through a small
-  embedding network whose output (a latent code) is concatenated to the other inputs;
+- the ε encoding: ε is a point coordinate (its raw value); a model computes features of it
+  (``eps_features``: log10 ε normalised to [−1, 1] over [ε_min, ε_max], ε/ε_max, (ε/ε_max)²)
+  and conditions its member networks on them (``eps_conditioning``): ``input`` concatenates
+  the features, optionally passed through a small embedding network (a latent code), to the
+  other inputs; ``film`` scales and shifts every hidden layer's pre-activation per point by the
+  outputs of a small conditioning network of the features (FiLM);
 - :class:`PhaseSpaceModel`, the base of the kinetic models: network inputs and their jets,
   jets of member networks at every velocity node. The models are :class:`pinnopt.models.Model`
   s: every derivative, of the residuals and of ``jet``, comes from the Taylor-mode pass of
@@ -30,7 +33,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
@@ -48,13 +51,23 @@ from pinnopt.taylor import (
     constant,
     coordinates,
     elementwise,
+    Modulation,
     linear,
+    product,
     propagate,
 )
 
 EPS_SAMPLING = ("log-uniform", "decades", "values")
+EPS_FEATURES = ("log", "eps", "eps2")
+"""Features of ε a model may be conditioned on: the normalised log10 ε, ε/ε_max, (ε/ε_max)²."""
+EPS_CONDITIONING = ("input", "film")
 EMBED_HIDDEN = 16
-"""Hidden width of the ε embedding network ``1 -> 16 -> latent``."""
+"""Hidden width of the ε embedding network ``features -> 16 -> latent``."""
+FILM_HIDDEN = 16
+"""Hidden width of a FiLM conditioning network ``features -> 16 -> 2 · (hidden units)``."""
+FILM_INIT_SCALE = 0.1
+"""The conditioning network's last layer starts at this fraction of the usual initial weights,
+with zero bias, so that every scale starts near 1 and every shift near 0."""
 
 
 # -- ε: range, encoding, sampling ----------------------------------------------------------
@@ -133,56 +146,177 @@ def parse_eps(name: str, eps, eps_range) -> EpsRange:
     return EpsRange(lo, hi)
 
 
+def parse_eps_features(name: str, features) -> tuple[str, ...]:
+    """``eps_features``: a comma list (or a list) of distinct names out of :data:`EPS_FEATURES`."""
+    items = features.split(",") if isinstance(features, str) else features
+    if not isinstance(items, (list, tuple)) or not all(isinstance(f, str) for f in items):
+        raise ValueError(f"{name}: eps_features must be a comma list out of "
+                         f"{', '.join(EPS_FEATURES)}, got {features!r}")
+    items = tuple(f.strip() for f in items if f.strip())
+    if not items:
+        raise ValueError(f"{name}: eps_features is empty; give a comma list out of "
+                         f"{', '.join(EPS_FEATURES)}, e.g. 'log,eps'")
+    unknown = [f for f in items if f not in EPS_FEATURES]
+    if unknown:
+        raise ValueError(f"{name}: eps_features {unknown[0]!r} unknown; choose a comma list out of "
+                         f"{', '.join(EPS_FEATURES)}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"{name}: eps_features lists a feature twice: {','.join(items)}")
+    return items
+
+
+def parse_encoding(name: str, eps: EpsRange, embedding, features, conditioning) -> "EpsEncoding":
+    """The ε encoding of a kinetic problem from its ``eps_embedding``, ``eps_features`` and
+    ``eps_conditioning`` options, with one-line errors naming the problem."""
+    if conditioning not in EPS_CONDITIONING:
+        raise ValueError(f"{name}: eps_conditioning {conditioning!r} unknown; choose from "
+                         f"{', '.join(EPS_CONDITIONING)}")
+    if isinstance(embedding, bool) or not isinstance(embedding, int) or embedding < 0:
+        raise ValueError(f"{name}: eps_embedding must be a non-negative integer, got {embedding!r}")
+    if conditioning == "film" and embedding:
+        raise ValueError(f"{name}: eps_embedding applies to eps_conditioning=input; film has its "
+                         f"own conditioning network (set eps_embedding=0)")
+    return EpsEncoding(eps, embedding, features=parse_eps_features(name, features),
+                       conditioning=conditioning)
+
+
 @dataclass(frozen=True)
 class EpsEncoding:
-    """ε as network inputs: no column for a fixed ε; else the normalised log10 ε
-    (``latent = 0``) or a latent code of width ``latent`` from the embedding network
-    ``1 -> 16 -> latent`` applied to it."""
+    """How a model sees ε: nothing for a fixed ε; else the ``features`` of ε
+    (:data:`EPS_FEATURES`, in the order given) and the way they condition the networks.
+
+    ``conditioning="input"``: the features (``latent = 0``), or a latent code of width
+    ``latent`` from the embedding network ``features -> 16 -> latent`` applied to them, are
+    extra input columns of every member network.
+    ``conditioning="film"``: no input columns; each member network has a conditioning network
+    ``features -> 16 -> 2 · Σ hidden widths`` whose outputs (1 + a, b) scale and shift every
+    hidden layer's pre-activation per point, z ← (1 + a) ⊙ z + b (:func:`pinnopt.taylor.modulate`).
+    """
 
     range: EpsRange
     latent: int = 0
     activation: str = "tanh"
+    features: tuple[str, ...] = ("log",)
+    conditioning: str = "input"
 
     def __post_init__(self):
         if isinstance(self.latent, bool) or not isinstance(self.latent, int) or self.latent < 0:
             raise ValueError(f"eps_embedding must be a non-negative integer, got {self.latent!r}")
+        if (not self.features or len(set(self.features)) != len(self.features)
+                or any(f not in EPS_FEATURES for f in self.features)):
+            raise ValueError(f"eps features must be distinct names out of {', '.join(EPS_FEATURES)}, "
+                             f"got {self.features!r}")
+        if self.conditioning not in EPS_CONDITIONING:
+            raise ValueError(f"eps conditioning {self.conditioning!r} unknown; choose from "
+                             f"{', '.join(EPS_CONDITIONING)}")
+        if self.film and self.latent:
+            raise ValueError("eps_embedding applies to eps_conditioning=input, not film")
+
+    @property
+    def film(self) -> bool:
+        """Whether the networks are FiLM-conditioned on ε (never for a fixed ε)."""
+        return self.conditioning == "film" and not self.range.fixed
 
     @property
     def width(self) -> int:
-        if self.range.fixed:
+        """Input columns the encoding adds to every member network."""
+        if self.range.fixed or self.film:
             return 0
-        return self.latent or 1
+        return self.latent or len(self.features)
 
     @property
     def embed_net(self) -> MLP | None:
-        if self.range.fixed or not self.latent:
+        if self.range.fixed or self.film or not self.latent:
             return None
-        return MLP((1, EMBED_HIDDEN, self.latent), self.activation)
+        return MLP((len(self.features), EMBED_HIDDEN, self.latent), self.activation)
 
-    @property
-    def num_params(self) -> int:
-        return self.embed_net.num_params if self.embed_net else 0
+    def film_net(self, net: MLP) -> MLP | None:
+        """The conditioning network of member ``net`` (``None`` without FiLM): one scale and
+        one shift per hidden unit, layer after layer."""
+        if not self.film:
+            return None
+        return MLP((len(self.features), FILM_HIDDEN, 2 * sum(net.sizes[1:-1])), self.activation)
+
+    def num_params(self, members: dict[str, MLP]) -> int:
+        """Parameters of the embedding or conditioning networks of a model with ``members``."""
+        nets = [self.embed_net] + [self.film_net(net) for net in members.values()]
+        return sum(n.num_params for n in nets if n is not None)
 
     def describe(self) -> str:
         if self.range.fixed:
             return f"eps={self.range.lo:g}"
-        code = f"embed 1-{EMBED_HIDDEN}-{self.latent}" if self.latent else "log10-eps input"
+        features = ",".join(self.features)
+        if self.film:
+            code = f"FiLM on {features}, conditioning nets {len(self.features)}-{FILM_HIDDEN}-2H"
+        elif self.latent:
+            code = f"embed {len(self.features)}-{EMBED_HIDDEN}-{self.latent}"
+            code += "" if self.features == ("log",) else f" of {features}"
+        else:
+            code = "log10-eps input" if self.features == ("log",) else f"eps features {features} input"
         return f"eps in [{self.range.lo:g}, {self.range.hi:g}] ({code})"
 
     def init(self, key: jax.Array, dtype=jnp.float64) -> Params:
         return self.embed_net.init(key, dtype) if self.embed_net else []
 
+    def init_film(self, key: jax.Array, members: dict[str, MLP], dtype=jnp.float64
+                  ) -> dict[str, Params]:
+        """Conditioning networks of the ``members``, last layer scaled by
+        :data:`FILM_INIT_SCALE` with zero bias (scales ≈ 1, shifts ≈ 0 at the start)."""
+        out = {}
+        for k, (name, net) in zip(jax.random.split(key, len(members)), sorted(members.items())):
+            *hidden, last = self.film_net(net).init(k, dtype)
+            out[name] = [*hidden, {"W": FILM_INIT_SCALE * last["W"], "b": jnp.zeros_like(last["b"])}]
+        return out
+
+    def features_jet(self, eps: Jet, derivs: Derivatives) -> Jet:
+        """The jet of the features ``(N, len(features))`` from the jet of ε ``(N, 1)``."""
+        scaled = linear(lambda a: a / self.range.hi, eps)
+        columns = {"log": lambda: self.range.encode(eps, derivs),
+                   "eps": lambda: scaled,
+                   "eps2": lambda: product(scaled, scaled, derivs)}
+        jets = [columns[f]() for f in self.features]
+        return jets[0] if len(jets) == 1 else concatenate(jets)
+
     def jet(self, params: Params, eps: Jet, derivs: Derivatives) -> Jet:
         """The jet of the input columns ``(N, width)`` from the jet of ε ``(N, 1)``."""
-        if self.range.fixed:
+        if self.width == 0:
             return linear(lambda a: a[..., :0], eps)
-        code = self.range.encode(eps, derivs)
+        code = self.features_jet(eps, derivs)
         return propagate(self.embed_net, params, code, derivs)[0] if self.embed_net else code
+
+    def modulations(self, params: Params, net: MLP, eps: Jet, derivs: Derivatives,
+                    constant: bool) -> list[Modulation]:
+        """FiLM ``(scale, shift)`` of each hidden layer of member ``net``, ``(N, width)`` each,
+        from the jet of ε ``(N, 1)`` and the member's conditioning parameters. ``constant``
+        (no direction of ``derivs`` moves ε): plain arrays, per-point constants of the pass;
+        else jets."""
+        film_net = self.film_net(net)
+        if constant:
+            values = Derivatives.value()
+            features = self.features_jet(constant_jet(eps.value), values).value
+            out = film_net.apply(params, features)
+            scale = lambda a, b: 1.0 + out[:, a:b]  # noqa: E731
+            shift = lambda a, b: out[:, a:b]  # noqa: E731
+        else:
+            out = propagate(film_net, params, self.features_jet(eps, derivs), derivs)[0]
+            scale = lambda a, b: linear(lambda z: z[..., a:b], out)._replace(  # noqa: E731
+                value=1.0 + out.value[:, a:b])
+            shift = lambda a, b: linear(lambda z: z[..., a:b], out)  # noqa: E731
+        mods, start = [], 0
+        for width in net.sizes[1:-1]:
+            mods.append((scale(start, start + width), shift(start + width, start + 2 * width)))
+            start += 2 * width
+        return mods
 
     def __call__(self, params: Params, eps: jax.Array) -> jax.Array:
         """Input columns ``(N, width)`` for ε values ``(N,)``."""
         values = Derivatives.value()
         return self.jet(params, coordinates(eps[:, None], values), values).value
+
+
+def constant_jet(value: jax.Array) -> Jet:
+    """The value-only jet of ``value (N, m)`` (no directions, no second-order term)."""
+    return Jet(value, jnp.zeros((value.shape[0], 0, value.shape[1]), value.dtype), None)
 
 
 # -- networks, nets specs --------------------------------------------------------------------
@@ -247,11 +381,14 @@ class PhaseSpaceModel:
     """Inputs, velocity quadrature and member-network jets shared by the kinetic models.
 
     Network inputs are ``(t̃, x̃[, ṽ], code)``: t and x mapped affinely onto [−1, 1],
-    ṽ = v / v_scale, and the ε encoding's columns. ``weights`` are the quadrature weights of
-    the problem's velocity average ⟨·⟩ at ``nodes``. Derivatives are requested along
+    ṽ = v / v_scale, and the ε encoding's columns (none with FiLM, whose scales and shifts
+    enter every hidden layer of every member instead). ``weights`` are the quadrature weights
+    of the problem's velocity average ⟨·⟩ at ``nodes``. Derivatives are requested along
     directions in the raw point coordinates ``(t, x, v, eps)`` (:func:`partials` for the
     residuals' ∂_t, ∂_x); at the velocity nodes ṽ is fixed, so a direction's v component
-    does not reach the networks there.
+    does not reach the networks there. Parameters: one entry per member network (by
+    :attr:`members`' names), ``"embed"`` for the embedding network and ``"film"`` (one
+    conditioning network per member name) where the encoding has them.
     """
 
     encoding: EpsEncoding
@@ -261,6 +398,16 @@ class PhaseSpaceModel:
     nodes: tuple[float, ...]
     weights: tuple[float, ...]
     supports_taps: ClassVar[bool] = False  # several networks: no single layer structure
+
+    @property
+    def members(self) -> dict[str, MLP]:
+        """The member networks by parameter name (``{"rho": ..., "g": ...}``)."""
+        raise NotImplementedError
+
+    @property
+    def num_params(self) -> int:
+        return (sum(net.num_params for net in self.members.values())
+                + self.encoding.num_params(self.members))
 
     def quadrature(self, dtype) -> tuple[jax.Array, jax.Array]:
         """Velocity nodes v_k and weights w_k, ``(nv,)`` each, in ``dtype``."""
@@ -292,18 +439,38 @@ class PhaseSpaceModel:
         v = jnp.tile(self.quadrature(X.dtype)[0], X.shape[0])[:, None] / self.v_scale
         return concatenate([repeat(space_time), constant(v, derivs), repeat(code)])
 
+    def film(self, net: MLP, params: dict, name: str, X: jax.Array, derivs: Derivatives
+             ) -> list[Modulation] | None:
+        """FiLM ``(scale, shift)`` of member ``name``'s hidden layers at the rows, ``(N,
+        width)`` each, or ``None`` without FiLM. ε is not a coordinate the residuals
+        differentiate: when no direction of ``derivs`` has an ε component the scales and
+        shifts are per-point constants of the pass (arrays); otherwise jets."""
+        if not self.encoding.film:
+            return None
+        constant = all(d[3] == 0.0 for d in derivs.directions)
+        return self.encoding.modulations(params["film"][name], net,
+                                         column(coordinates(X, derivs), 3), derivs, constant)
+
     def point_jet(self, net: MLP, params: dict, name: str, X: jax.Array, derivs: Derivatives,
                   velocity: bool) -> Jet:
         """Member network ``name`` (``net``, parameters ``params[name]``) at the rows,
         ``value (N, m)``; ``velocity``: on the rows' own v (the networks of f)."""
-        return propagate(net, params[name], self.inputs(params, X, derivs, velocity), derivs)[0]
+        return propagate(net, params[name], self.inputs(params, X, derivs, velocity), derivs,
+                         film=self.film(net, params, name, X, derivs))[0]
 
     def node_jet(self, net: MLP, params: dict, name: str, X: jax.Array, derivs: Derivatives
                  ) -> Jet:
         """One-output member network ``name`` at every row and velocity node, one output per
-        node: ``value (N, nv)``, ``grad (N, k, nv)``, ``second (N, nv)``."""
-        out, _ = propagate(net, params[name], self.at_nodes(params, X, derivs), derivs)
-        n, nv, k = X.shape[0], len(self.nodes), derivs.num_directions
+        node: ``value (N, nv)``, ``grad (N, k, nv)``, ``second (N, nv)``. FiLM's scales and
+        shifts are computed once per row and repeated over the nodes."""
+        nv = len(self.nodes)
+        film = self.film(net, params, name, X, derivs)
+        if film is not None:
+            repeat = lambda u: (linear(lambda a: jnp.repeat(a, nv, axis=0), u)  # noqa: E731
+                                if isinstance(u, Jet) else jnp.repeat(u, nv, axis=0))
+            film = [(repeat(scale), repeat(shift)) for scale, shift in film]
+        out, _ = propagate(net, params[name], self.at_nodes(params, X, derivs), derivs, film=film)
+        n, k = X.shape[0], derivs.num_directions
         return Jet(out.value.reshape(n, nv), jnp.swapaxes(out.grad.reshape(n, nv, k), 1, 2),
                    None if out.second is None else out.second.reshape(n, nv))
 
@@ -313,8 +480,11 @@ class PhaseSpaceModel:
         return linear(lambda a: (a @ w)[..., None], u)
 
     def init_encoding(self, params: dict, key: jax.Array, dtype) -> dict:
+        """Adds the embedding or the conditioning networks' parameters (from ``key``)."""
         if self.encoding.embed_net is not None:
             params["embed"] = self.encoding.init(key, dtype)
+        if self.encoding.film:
+            params["film"] = self.encoding.init_film(key, self.members, dtype)
         return params
 
 

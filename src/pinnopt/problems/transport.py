@@ -35,9 +35,11 @@ norm is the velocity average ⟨r²⟩; ``boundary``: the nv/2 inflow nodes, sca
 x = 0 (even rows) and x = 1 (odd rows).
 
 Fields: ``rho`` (ρ), ``g`` ((f − ρ)/ε) and ``f`` at the point's velocity. Inputs of the
-networks: t and x mapped to [−1, 1], v, and the ε encoding (log10 ε normalised to [−1, 1] over
-the ε range, optionally through an embedding network; nothing for a fixed ε, whose model then
-ignores the eps column except in f = ρ + εg).
+networks: t and x mapped to [−1, 1], v, and the ε encoding (features of ε, by default log10 ε
+normalised to [−1, 1] over the ε range, optionally through an embedding network; or, with
+``eps_conditioning="film"``, no ε input and every hidden layer scaled and shifted per point
+by a conditioning network of the features; nothing for a fixed ε, whose model then ignores
+the eps column except in f = ρ + εg).
 
 Evaluation: ρ at t = T on ``n_eval_x`` equispaced x per evaluated ε, against
 :func:`pinnopt.reference.transport.solve_transport` (cached on disk); metrics
@@ -47,7 +49,7 @@ evaluated ε together.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +70,7 @@ from pinnopt.problems.kinetic import (
     gauss_legendre,
     kinetic_sampler,
     model_group,
+    parse_encoding,
     parse_eps,
     parse_widths,
     partials,
@@ -149,7 +152,8 @@ class _KineticBase(PhaseSpaceModel):
 class MicroMacroModel(_KineticBase):
     """The APNN micro–macro model: f = ρ + ε g, ρ = softplus(β ρ̂(t,x))/β, g = ĝ − ⟨ĝ⟩.
 
-    Parameters ``{"rho": ρ̂ net, "g": ĝ net[, "embed": ε embedding]}``. ``rho_sharpness`` β:
+    Parameters ``{"rho": ρ̂ net, "g": ĝ net[, "embed": ε embedding][, "film": {"rho", "g"}
+    conditioning nets]}``. ``rho_sharpness`` β:
     dρ/dρ̂ = sigmoid(β ρ̂) ≈ βρ where ρ is small, so β > 1 keeps the gradient alive where the
     density must approach 0 (initial data, the outflow wall).
     """
@@ -160,8 +164,8 @@ class MicroMacroModel(_KineticBase):
 
     # -- the model interface -----------------------------------------------------------------
     @property
-    def num_params(self) -> int:
-        return self.rho_net.num_params + self.g_net.num_params + self.encoding.num_params
+    def members(self) -> dict[str, MLP]:
+        return {"rho": self.rho_net, "g": self.g_net}
 
     def describe(self) -> str:
         return (f"rho {self.rho_net.describe()} + g {self.g_net.describe()}, "
@@ -247,13 +251,13 @@ class MicroMacroModel(_KineticBase):
 
 @dataclass(frozen=True)
 class VanillaModel(_KineticBase):
-    """One network for f(t, x, v). Parameters ``{"f": net[, "embed": ε embedding]}``."""
+    """One network for f(t, x, v). Parameters ``{"f": net[, "embed" | "film": ε encoding]}``."""
 
     f_net: MLP | None = None
 
     @property
-    def num_params(self) -> int:
-        return self.f_net.num_params + self.encoding.num_params
+    def members(self) -> dict[str, MLP]:
+        return {"f": self.f_net}
 
     def describe(self) -> str:
         return f"f {self.f_net.describe()}, {self.encoding.describe()}{self.split_text}"
@@ -305,7 +309,7 @@ def make_model(loss: str, encoding: EpsEncoding, t_final: float, nv: int, rho_sh
     code = encoding.width
 
     def model(spec: str, activation: str):
-        shared = dict(base, encoding=EpsEncoding(encoding.range, encoding.latent, activation))
+        shared = dict(base, encoding=replace(encoding, activation=activation))
         if loss == "vanilla":
             presets = {k: (g,) for k, (_, g) in NETS.items()}
             (f_widths,) = parse_widths(spec, presets, 1, "f net")
@@ -335,6 +339,8 @@ def transport(
     eps_range: list[float] | None = None,
     eps_sampling: str = "decades",
     eps_embedding: int = 0,
+    eps_features: str | list[str] = "log",
+    eps_conditioning: str = "input",
     T: float | None = None,
     loss: str = "apnn",
     nv: int = 30,
@@ -356,8 +362,13 @@ def transport(
 
     ``eps``: one fixed ε; or ``eps_range = [eps_min, eps_max]`` (default [1e-8, 1] when neither
     is given), ε drawn per point (``eps_sampling``: ``log-uniform`` or ``decades``, equal counts
-    per decade) and encoded as a network input (``eps_embedding``: 0 for the normalised log10 ε
-    itself, else the latent width of an embedding network). ``T``: final time (default 1 for a
+    per decade) and seen by the networks through features of it (``eps_features``: a comma list
+    out of ``log`` (log10 ε normalised to [−1, 1] over the range, the default), ``eps``
+    (ε/ε_max), ``eps2`` ((ε/ε_max)²)), conditioning them by ``eps_conditioning``: ``input``
+    (default: the features are extra network inputs; ``eps_embedding``: 0 for the features
+    themselves, else the latent width of an embedding network applied to them) or ``film``
+    (every hidden layer of each network scaled and shifted per point by a small conditioning
+    network of the features). ``T``: final time (default 1 for a
     fixed ε = 1, else 0.1, as in [APNN]). ``n_interior`` points each for ``micro`` and
     ``macro`` (or ``kinetic``), redrawn every step (``resample=False``: one fixed draw). ``eval_eps``: evaluated ε values (default:
     those of 1, 1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8 in the range, or the fixed ε).
@@ -393,7 +404,7 @@ def transport(
                          f"0 < eps_off < eps_on, got {split_blend!r}")
     first_collision = (FirstCollision(float(split_blend[0]), float(split_blend[1]))
                        if split == "first-collision" else None)
-    encoding = EpsEncoding(rng, eps_embedding)
+    encoding = parse_encoding("transport", rng, eps_embedding, eps_features, eps_conditioning)
     if eval_eps is None:
         eval_eps = [rng.lo] if rng.fixed else [e for e in EVAL_EPS if rng.contains(e)] or [rng.lo, rng.hi]
     eval_eps = [float(e) for e in eval_eps]
