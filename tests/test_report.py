@@ -157,3 +157,43 @@ def test_overwrite_removes_the_old_runs_figures(tmp_path):
     (out / "plots" / "field_old.png").write_bytes(b"stale")
     po.train(config, out=out, progress=False, overwrite=True, log=lambda message: None)
     assert not (out / "plots" / "field_old.png").exists()
+
+
+def test_errors_against_eps_for_a_kinetic_run_and_not_for_another(tmp_path, tiny_run,
+                                                                   monkeypatch):
+    """A transport run evaluated at five ε gets ``errors_eps.png`` (ρ against ε, log–log,
+    worst ε circled) and the per-ε errors with the worst ε in its text summary; a Poisson
+    run gets neither."""
+    monkeypatch.setenv("PINNOPT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "kinetic"
+    options = dict(eps_range=[1e-4, 1.0], loss="vanilla", nv=4, n_interior=4, n_boundary=2,
+                   n_initial=4, n_eval_x=6, reference_nx=20, reference_nv=8)
+    messages = []
+    po.train(po.RunConfig(problem="transport", problem_options=options, net="4", method="adam",
+                          steps=2, time_budget=None, plots=False),
+             out=out, progress=False, log=messages.append)
+    paths = report.plot_run(out)
+    assert out / "plots" / "errors_eps.png" in paths and (out / "plots" / "errors_eps.png").exists()
+    summary = report.describe(out)
+    assert "rel. L2 rho per eps: 1e+00 " in summary and "1e-04 " in summary
+    assert "worst eps: rho " in summary
+    assert any(m.startswith("worst eps: rho ") for m in messages)  # the end of train says it too
+    fig = report.eps_errors_figure(report.read_history(out), "t")
+    (line, circle) = fig.axes[0].get_lines()
+    np.testing.assert_allclose(line.get_xdata(), [1.0, 1e-1, 1e-2, 1e-3, 1e-4])
+    assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_yscale() == "log"
+    assert float(circle.get_ydata()[0]) == max(line.get_ydata())
+    assert all(p.name != "errors_eps.png" for p in report.plot_run(tiny_run))
+    assert not (tiny_run / "plots" / "errors_eps.png").exists()
+    assert "per eps" not in report.describe(tiny_run)
+
+
+def test_per_eps_lines_name_every_field_and_the_worst_eps():
+    row = {"loss": 1.0, "rel_l2_rho": 0.5, "rel_l2_rho_eps1e+00": 0.6, "rel_l2_rho_eps1e-03": 0.02,
+           "rel_l2_u_eps1e+00": 0.1, "rel_l2_u_eps1e-03": 0.25}
+    assert report.per_eps_lines(row) == [
+        "rel. L2 rho per eps: 1e+00 6.000e-01, 1e-03 2.000e-02",
+        "rel. L2 u per eps: 1e+00 1.000e-01, 1e-03 2.500e-01",
+        "worst eps: rho 6.000e-01 at eps = 1e+00, u 2.500e-01 at eps = 1e-03"]
+    assert report.per_eps_lines({"loss": 1.0, "rel_l2_u": 0.1}) == []
+    assert report.eps_errors_figure([{"step": 1, "rel_l2_rho_eps1e+00": 0.1}], "one ε") is None

@@ -14,10 +14,16 @@ apply to the run's problem) and a ``plot_*`` function that writes it into ``run_
     multipliers.png      constrained methods: the multipliers over their points
     conflict.png         multi-task methods: task-gradient conflict and task losses
     profiles_eps.png     kinetic problems: scored fields against x for each ε
+    errors_eps.png       runs with per-ε metrics (``rel_l2_<field>_eps<ε>``) at two or more ε:
+                         the final relative L2 error of each scored field against ε, log–log
+
+:func:`per_eps_lines` gives the text of those per-ε errors and the worst ε (for
+:func:`describe` and the end of ``train``).
 """
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -320,6 +326,72 @@ def plot_eps_profiles(model: TrainedModel, out_dir: Path) -> list[Path]:
     return [] if fig is None else [_save(fig, out_dir / "profiles_eps.png")]
 
 
+PER_EPS = re.compile(r"^rel_l2_(?P<field>.+)_eps(?P<eps>[0-9.]+e[+-][0-9]+)$")
+"""A per-ε metric name: ``rel_l2_rho_eps1e-08`` (:func:`pinnopt.problems.kinetic.eps_tag`)."""
+
+
+def per_eps_errors(row: dict[str, Any]) -> dict[str, dict[float, float]]:
+    """``{field: {ε: relative L2 error}}`` from the per-ε metrics of a history row or a
+    summary's ``final``, ε in decreasing order; empty when there are none."""
+    out: dict[str, dict[float, float]] = {}
+    for key, value in row.items():
+        match = PER_EPS.match(key)
+        if match and isinstance(value, (int, float)):
+            out.setdefault(match["field"], {})[float(match["eps"])] = float(value)
+    return {field: dict(sorted(errors.items(), reverse=True)) for field, errors in out.items()}
+
+
+def per_eps_lines(row: dict[str, Any]) -> list[str]:
+    """Text lines of the per-ε errors of ``row``: one per field (``rel. L2 rho per eps: 1e+00
+    6.13e-01, ...``) and the worst ε of each field; nothing without per-ε metrics."""
+    errors = per_eps_errors(row)
+    lines = [f"rel. L2 {field} per eps: "
+             + ", ".join(f"{eps:.0e} {value:.3e}" for eps, value in values.items())
+             for field, values in errors.items()]
+    if errors:
+        worst = {field: max(values.items(), key=lambda item: _nan_last(item[1]))
+                 for field, values in errors.items()}
+        lines.append("worst eps: " + ", ".join(f"{field} {value:.3e} at eps = {eps:.0e}"
+                                               for field, (eps, value) in worst.items()))
+    return lines
+
+
+def _nan_last(value: float) -> float:
+    """Sort key that ranks NaN (a failed evaluation) above every error."""
+    return float("inf") if value != value else value
+
+
+def eps_errors_figure(history: list[dict[str, Any]], title: str) -> Figure | None:
+    """Final relative L2 error of each scored field against ε, log–log, one line per field,
+    the worst ε of each field circled: runs whose last evaluation has per-ε metrics at two
+    or more ε (the kinetic problems over a range of ε)."""
+    rows = [r for r in history if per_eps_errors(r)]
+    if not rows:
+        return None
+    errors = per_eps_errors(rows[-1])
+    if max(len(values) for values in errors.values()) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    for field, values in errors.items():
+        eps = np.array(list(values), float)
+        err = np.array(list(values.values()), float)
+        (line,) = ax.loglog(eps, err, "o-", ms=4, lw=1.4, label=field)
+        worst = int(np.argmax(np.where(np.isnan(err), np.inf, err)))
+        ax.plot(eps[worst], err[worst], "o", ms=11, mfc="none", color=line.get_color())
+    ax.set_xlabel("ε")
+    ax.set_ylabel("relative L2 error at the final time")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=9)
+    _title(fig, f"{title}: step {rows[-1]['step']}, worst ε circled", fontsize=9)
+    return fig
+
+
+def plot_eps_errors(history: list[dict[str, Any]], out_dir: Path, title: str) -> list[Path]:
+    fig = eps_errors_figure(history, title)
+    return [] if fig is None else [_save(fig, out_dir / "errors_eps.png")]
+
+
 @uses_float64
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write all figures of a run into ``run_dir/plots``; returns their paths."""
@@ -333,7 +405,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     title = f"{model.problem.description} — {model.config.method}, D = {model.net.num_params}"
     return (plot_history(history, out_dir, title) + plot_fields(model, out_dir)
             + plot_reference_lines(model, out_dir) + plot_multipliers(model, out_dir)
-            + plot_conflict(history, out_dir, title) + plot_eps_profiles(model, out_dir))
+            + plot_conflict(history, out_dir, title) + plot_eps_profiles(model, out_dir)
+            + plot_eps_errors(history, out_dir, title))
 
 
 def describe(run_dir: str | Path) -> str:
@@ -347,6 +420,7 @@ def describe(run_dir: str | Path) -> str:
                      f"{s['train_time']:.1f} s")
         lines += [f"  {k}: {v:.4e}" for k, v in s["final"].items()
                   if isinstance(v, float) and k not in ("time",)]
+        lines += [f"  {line}" for line in per_eps_lines(s["final"])]
     else:
         lines.append("status: no summary (the run was killed); resume it with --resume")
     m = read_metadata(run_dir)

@@ -153,6 +153,8 @@ def _finish(out: Path, config: RunConfig, summary: dict[str, Any], log) -> None:
     errs = ", ".join(f"{k} {v:.3e}" for k, v in final.items() if k.startswith(("rms_", "rel_l2_")))
     log(f"{summary['status']}: {summary['message']}; {summary['steps']} steps in "
         f"{summary['train_time']:.1f} s; loss {final.get('loss', float('nan')):.3e}; {errs}")
+    for line in report.per_eps_lines(final):
+        log(line)
     if config.plots and summary["steps"] > 0 and distributed.is_main_process():
         report.plot_run(out)
         log(f"plots in {out / 'plots'}")
