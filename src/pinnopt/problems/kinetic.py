@@ -33,7 +33,7 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
@@ -293,18 +293,21 @@ class EpsEncoding:
         film_net = self.film_net(net)
         if constant:
             values = Derivatives.value()
-            features = self.features_jet(constant_jet(eps.value), values).value
-            out = film_net.apply(params, features)
-            scale = lambda a, b: 1.0 + out[:, a:b]  # noqa: E731
-            shift = lambda a, b: out[:, a:b]  # noqa: E731
+            features = self.features_jet(constant_jet(eps.value), values)
+            out = propagate(film_net, params, features, values)[0].value
+
+            def part(lo: int, hi: int, unit: bool = False) -> jax.Array:
+                return out[:, lo:hi] + (1.0 if unit else 0.0)
         else:
-            out = propagate(film_net, params, self.features_jet(eps, derivs), derivs)[0]
-            scale = lambda a, b: linear(lambda z: z[..., a:b], out)._replace(  # noqa: E731
-                value=1.0 + out.value[:, a:b])
-            shift = lambda a, b: linear(lambda z: z[..., a:b], out)  # noqa: E731
+            jet = propagate(film_net, params, self.features_jet(eps, derivs), derivs)[0]
+
+            def part(lo: int, hi: int, unit: bool = False) -> Jet:
+                piece = linear(lambda z: z[..., lo:hi], jet)
+                return piece._replace(value=piece.value + 1.0) if unit else piece
         mods, start = [], 0
         for width in net.sizes[1:-1]:
-            mods.append((scale(start, start + width), shift(start + width, start + 2 * width)))
+            mods.append((part(start, start + width, unit=True),
+                         part(start + width, start + 2 * width)))
             start += 2 * width
         return mods
 
