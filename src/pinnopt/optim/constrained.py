@@ -241,27 +241,35 @@ class ShiftedGroup(ResidualGroup):
     """A residual group whose points carry ``extra`` columns of per-point data after the
     coordinates (the multipliers and penalties of a constraint point).
 
-    ``fn(x, jet)`` receives the whole row (coordinates, then the data); the network sees only
-    the coordinates (:meth:`points`), in :meth:`residual` and in KFAC's Taylor-mode pass.
+    :meth:`residual` evaluates the wrapped ``base`` group's own ``residual`` on the
+    coordinates (:meth:`points`), so groups that are not pointwise on one network's jet (the
+    periodic pairs of ``convection``, the kinetic models' groups) work too, and then maps each
+    point's residual with its data through ``shift(r (c,), data) -> s``. ``fn(x, jet)``, the
+    same map on one row and the network's jet there, is what KFAC's Taylor-mode pass uses; it
+    exists only where the base group has a pointwise ``fn``.
     """
 
     extra: int = 0
+    base: ResidualGroup | None = None
+    shift: Callable[[jax.Array, jax.Array], jax.Array] | None = None
 
     def points(self, x: jax.Array) -> jax.Array:
         """The coordinates: ``x`` without its last ``extra`` columns."""
         return x[..., :x.shape[-1] - self.extra]
 
     def residual(self, net, params: Params, x: jax.Array) -> jax.Array:
-        out = net.jet(params, self.points(x), self.derivs)
-        return jax.vmap(self.fn)(x, out).reshape(x.shape[0], -1)
+        r = self.base.residual(net, params, self.points(x)).reshape(x.shape[0], -1)
+        if self.shift is None:
+            return r
+        return jax.vmap(self.shift)(r, x[:, x.shape[-1] - self.extra:]).reshape(x.shape[0], -1)
 
 
-def shifted_constraint(fn: Callable, components: int, form: str, penalised: bool,
-                       split: bool = True) -> Callable:
-    """The per-point least-squares residual ``s(x, jet)`` of a constraint residual ``fn``.
+def shifted_rows(components: int, form: str, penalised: bool, split: bool = True
+                 ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The per-point least-squares residual ``s(r, data)`` of a constraint residual ``r (c,)``.
 
-    The row ``x`` is ``[coordinates, λ (c), μ (c)]`` (``[coordinates, λ (c)]`` without a
-    penalty), ``r = fn(coordinates, jet)`` and ``C = r²`` (squared form) or ``r`` (linear):
+    ``data`` is ``[λ (c), μ (c)]`` (``[λ (c)]`` without a penalty) and ``C = r²`` (squared
+    form) or ``r`` (linear):
 
         linear, μ > 0:               s = √μ (r + λ/μ),          ½‖s‖² = λr + ½μr² + λ²/(2μ)
         squared, μ > 0, ``split``:   s = [√(2λ) r, √μ r²],      ½‖s‖² = λr² + ½μr⁴
@@ -276,19 +284,31 @@ def shifted_constraint(fn: Callable, components: int, form: str, penalised: bool
     multipliers start at 0 or 1 and only grow, so that never happens in the methods.
     """
     c = components
-    extra = 2 * c if penalised else c
 
-    def residual(x: jax.Array, u: Any) -> jax.Array:
-        r = jnp.reshape(fn(x[:-extra], u), (-1,))
-        lam = x[-extra:][:c]
+    def rows(r: jax.Array, data: jax.Array) -> jax.Array:
+        r = jnp.reshape(r, (-1,))
+        lam = data[:c]
         weighted = jnp.sqrt(2.0 * jnp.maximum(lam, 0.0)) * r
         if not penalised:
             return weighted
-        mu = x[-c:]
+        mu = data[c:2 * c]
         if form == "squared" and split:
             return jnp.concatenate([weighted, jnp.sqrt(mu) * r**2])
         value = r**2 if form == "squared" else r
         return jnp.sqrt(mu) * (value + lam / mu)
+
+    return rows
+
+
+def shifted_constraint(fn: Callable, components: int, form: str, penalised: bool,
+                       split: bool = True) -> Callable:
+    """:func:`shifted_rows` on one row ``x = [coordinates, λ, (μ)]`` and the network's jet
+    there, for a pointwise constraint residual ``fn(coordinates, jet)``."""
+    extra = 2 * components if penalised else components
+    rows = shifted_rows(components, form, penalised, split)
+
+    def residual(x: jax.Array, u: Any) -> jax.Array:
+        return rows(fn(x[:-extra], u), x[-extra:])
 
     return residual
 
@@ -344,12 +364,15 @@ class ShiftedResiduals(Objective):
                 c = self.components[g.name]
                 fn = shifted_constraint(g.fn, c, lagrangian.form, penalised, split)
                 groups.append(ShiftedGroup(g.name, g.sampler, g.n, fn, g.derivs,
-                                           float(g.n), g.role, 2 * c if penalised else c))
+                                           float(g.n), g.role, 2 * c if penalised else c,
+                                           base=g,
+                                           shift=shifted_rows(c, lagrangian.form, penalised,
+                                                              split)))
             else:
                 per_point = 2.0 * g.weight
                 weight = per_point if lagrangian.objective_scale == "mean" else per_point * g.n
                 groups.append(ShiftedGroup(g.name, g.sampler, g.n, g.fn, g.derivs, weight,
-                                           g.role, 0))
+                                           g.role, 0, base=g))
         self.groups = tuple(groups)
 
     def batch(self, batch: Batch, duals: Duals) -> Batch:
