@@ -12,6 +12,7 @@ prints them). The aggregator ``sum`` is ``sum_`` here, so that it does not hide 
 name (``RunConfig(method="adam-lbfgs")``, ``--method hrgrad``).
 """
 
+from pinnopt.optim.causal import causal
 from pinnopt.optim.combine import sequence
 from pinnopt.optim.constrained import alm, capu, lagrange
 from pinnopt.optim.first_order import adam, lbfgs, sgd
@@ -20,6 +21,6 @@ from pinnopt.optim.kfac import kfac, kfac_star
 from pinnopt.optim.multitask import config, hrgrad, mconfig, mgda, multitask, pcgrad, sum_
 from pinnopt.optim.spring import spring, subspace_lm
 
-__all__ = ["adam", "alm", "capu", "config", "engd", "hessian_free", "hrgrad", "kfac",
+__all__ = ["adam", "alm", "capu", "causal", "config", "engd", "hessian_free", "hrgrad", "kfac",
            "kfac_star", "lagrange", "lbfgs", "mconfig", "mgda", "multitask", "pcgrad",
            "sequence", "sgd", "spring", "subspace_lm", "sum_"]
