@@ -49,8 +49,9 @@ def weights_by_hand(objective, params, batch, slices, epsilon):
 def test_slice_weights_are_the_exponential_of_the_earlier_slice_losses(slices, epsilon, seed):
     objective, _, batch = convection()
     params = objective.net.init(jax.random.PRNGKey(seed))
-    per_point, w = slice_weights(objective, params, batch, ("interior",), 0, (0.0, 1.0), slices,
-                                 epsilon)
+    residuals = objective.group_residuals(params, batch)
+    per_point, w = slice_weights(objective, residuals, batch, ("interior",), 0, (0.0, 1.0),
+                                 slices, epsilon)
     expected_points, expected = weights_by_hand(objective, params, batch, slices, epsilon)
     np.testing.assert_allclose(w, expected, rtol=1e-12, atol=1e-300)
     np.testing.assert_allclose(per_point["interior"], expected_points, rtol=1e-12, atol=1e-300)

@@ -68,25 +68,24 @@ class CausalView(Objective):
         return out
 
 
-def slice_weights(objective: Objective, params, batch: Batch, weighted: tuple[str, ...],
-                  time_index: int, t_range: tuple[float, float], slices: int, epsilon: float
-                  ) -> tuple[dict[str, jax.Array], jax.Array]:
-    """Per point of each weighted group its slice's ``W`` (held constant: no gradient flows
-    through it), and the ``W_k`` of every slice."""
+def slice_weights(objective: Objective, residuals: dict[str, jax.Array], batch: Batch,
+                  weighted: tuple[str, ...], time_index: int, t_range: tuple[float, float],
+                  slices: int, epsilon: float) -> tuple[dict[str, jax.Array], jax.Array]:
+    """Per point of each weighted group its slice's ``W``, and the ``W_k`` of every slice, from
+    the groups' residuals ``{name: (N_g, c_g)}`` (held constant: no gradient flows through W)."""
     lo, hi = t_range
     totals = jnp.zeros(slices, objective.dtype)
     index = {}
     by_name = {g.name: g for g in objective.groups}
     for name in weighted:
-        g = by_name[name]
         x = batch[name]
-        r = jax.lax.stop_gradient(g.residual(objective.net, params, x))
+        r = jax.lax.stop_gradient(residuals[name])
         sq = jnp.sum(r.reshape(x.shape[0], -1) ** 2, axis=1)
         k = jnp.clip(jnp.floor((x[:, time_index] - lo) / (hi - lo) * slices), 0, slices - 1)
         k = k.astype(jnp.int32)
         counts = jax.ops.segment_sum(jnp.ones_like(sq), k, slices)
         sums = jax.ops.segment_sum(sq, k, slices)
-        totals = totals + g.weight * sums / jnp.maximum(counts, 1.0)
+        totals = totals + by_name[name].weight * sums / jnp.maximum(counts, 1.0)
         index[name] = k
     previous = jnp.concatenate([jnp.zeros(1, totals.dtype), jnp.cumsum(totals)[:-1]])
     w_slices = jnp.exp(-epsilon * previous)
@@ -131,9 +130,12 @@ def causal(objective: Objective, *, inner: InnerMethod = engd(), slices: int = 3
         return CausalState(wrapped.init(params))
 
     def step(params, state, batch, key):
-        weights, w_slices = slice_weights(objective, params, batch, weighted, time_index,
+        # One pass over every group gives the plain loss and the weights.
+        residuals = objective.group_residuals(params, batch)
+        scales = objective.scales(batch)
+        plain = 0.5 * sum(scales[n] ** 2 * jnp.sum(r**2) for n, r in residuals.items())
+        weights, w_slices = slice_weights(objective, residuals, batch, weighted, time_index,
                                           t_range, slices, epsilon)
-        plain = objective.loss(params, batch)
         params, inner_state, info = wrapped.step(params, state.inner,
                                                  view.batch(batch, weights), key)
         info = {**info, "loss": plain, "causal_loss": info["loss"],
