@@ -33,14 +33,9 @@ import jax
 import jax.numpy as jnp
 
 from pinnopt.optim.base import InnerMethod, Method, method, safer_inner
-from pinnopt.optim.constrained import ROLES, ShiftedGroup
+from pinnopt.optim.constrained import ShiftedGroup, parse_roles
 from pinnopt.optim.gauss_newton import engd
 from pinnopt.residuals import Batch, Objective
-
-
-def _weighted(group, extra_fn):
-    return ShiftedGroup(group.name, group.sampler, group.n, extra_fn, group.derivs, group.weight,
-                        group.role, 1, base=group, shift=lambda r, data: jnp.sqrt(data[0]) * r)
 
 
 class CausalView(Objective):
@@ -54,12 +49,13 @@ class CausalView(Objective):
             if g.name in weighted:
                 def fn(x, u, g=g):  # the pointwise form, for methods built on group.fn (KFAC)
                     return jnp.sqrt(x[-1]) * jnp.reshape(g.fn(x[:-1], u), (-1,))
-                groups.append(_weighted(g, fn))
+                groups.append(ShiftedGroup(g.name, g.sampler, g.n, fn, g.derivs, g.weight,
+                                           g.role, 1, base=g,
+                                           shift=lambda r, data: jnp.sqrt(data[0]) * r))
             else:
                 groups.append(ShiftedGroup(g.name, g.sampler, g.n, g.fn, g.derivs, g.weight,
                                            g.role, 0, base=g))
         self.groups = tuple(groups)
-        self.weighted = weighted
 
     def batch(self, batch: Batch, weights: dict[str, jax.Array]) -> Batch:
         out = dict(batch)
@@ -112,10 +108,10 @@ def causal(objective: Objective, *, inner: InnerMethod = engd(), slices: int = 3
     if time not in problem.coords:
         raise ValueError(f"causal: problem {problem.name!r} has no coordinate {time!r} "
                          f"(its coordinates: {', '.join(problem.coords)})")
-    wanted = tuple(r.strip() for r in roles.split(",") if r.strip())
-    if not wanted or any(r not in ROLES for r in wanted):
-        raise ValueError(f"causal: roles={roles!r}: give comma-separated roles from "
-                         f"{', '.join(ROLES)}")
+    try:
+        wanted = parse_roles(roles, "roles")
+    except ValueError as err:
+        raise ValueError(f"causal: {err}") from None
     weighted = tuple(g.name for g in objective.groups if g.role in wanted)
     if not weighted:
         present = sorted({g.role for g in objective.groups})

@@ -160,12 +160,13 @@ class Duals(NamedTuple):
     penalty: jax.Array | dict[str, jax.Array] | None
 
 
-def parse_roles(constraints: str) -> tuple[str, ...]:
+def parse_roles(constraints: str, setting: str = "constraints") -> tuple[str, ...]:
+    """The roles of a comma list; ``setting`` names it in the one-line error."""
     roles = tuple(r.strip() for r in constraints.split(",") if r.strip())
     unknown = [r for r in roles if r not in ROLES]
     if unknown or not roles:
         raise ValueError(
-            f"constraints={constraints!r}: give comma-separated roles from {', '.join(ROLES)}")
+            f"{setting}={constraints!r}: give comma-separated roles from {', '.join(ROLES)}")
     return roles
 
 
