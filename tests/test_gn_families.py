@@ -122,3 +122,65 @@ def test_augmented_lagrangian_least_squares_view_on_every_family(family):
     before = float(info["loss"])
     after = float(jax.jit(lagrangian.loss)(new, (batch, C.Duals(state.multipliers, state.mu))))
     assert np.isfinite(before) and after < before
+
+
+def _row_task_reference(objective, params, batch, eps_lo_decade, m):
+    """Every stacked-residual row's ε-decade task, worked out independently of the method: a
+    group's rows are its points times its components, each point's task the decade of its
+    ε column."""
+    shapes = jax.eval_shape(objective.group_residuals, params, batch)
+    tasks = []
+    for g in objective.groups:
+        eps = np.asarray(batch[g.name])[:, 3]
+        decade = np.clip(np.floor(np.log10(eps) + 1e-9).astype(int) - eps_lo_decade, 0, m - 1)
+        tasks.append(np.repeat(decade, shapes[g.name].shape[1]))
+    return np.concatenate(tasks)
+
+
+@pytest.mark.parametrize("variant", ["full", "woodbury"])
+def test_multitask_engd_combines_the_dense_per_task_gauss_newton_directions(variant):
+    """Transport over ε ∈ [1e-4, 1] with one task per ε decade: the direction that
+    ``multitask-engd`` steps along is PCGrad of ``d_i = (JᵀJ + λI)⁻¹ Jᵀ r_i`` built from the
+    dense ``jax.jacfwd`` Jacobian with the rows of the other tasks zeroed; with the plain sum
+    it is ENGD's step on the whole loss."""
+    from pinnopt.optim import aggregators
+    from pinnopt.methods import multitask_engd, pcgrad, sum_
+
+    objective, params, batch = family_setup("transport-apnn")
+    flat, unravel = flatten(params)
+    damping, m = 1e-3, 4
+    dense_r = np.asarray(objective.residual_vector(params, batch))
+    dense_j = np.asarray(jax.jit(jax.jacfwd(
+        lambda f: objective.residual_vector(unravel(f), batch)))(flat))
+    tasks = _row_task_reference(objective, params, batch, -4, m)
+    assert len(set(tasks.tolist())) == m  # every decade has rows
+    masked = dense_r[:, None] * (tasks[:, None] == np.arange(m))
+    gram = dense_j.T @ dense_j + damping * np.eye(flat.shape[0])
+    directions = np.linalg.solve(gram, dense_j.T @ masked).T
+    key = jax.random.PRNGKey(0)
+    for agg, expected in ((pcgrad(), np.asarray(aggregators.pcgrad(jnp.asarray(directions), key)[0])),
+                          (sum_(), directions.sum(axis=0))):
+        value = multitask_engd(aggregator=agg, damping=damping, adapt_damping=False,
+                               variant=variant, tasks="eps-decades")
+        method = value.build(objective)
+        new, _, info = jax.jit(method.step)(params, method.init(params), batch, key)
+        alpha = float(info["step_size"])
+        assert alpha > 0
+        step = -np.asarray(flatten(new)[0] - flat) / alpha
+        np.testing.assert_allclose(step, expected, rtol=1e-7, atol=1e-9 * np.abs(expected).max(),
+                                   err_msg=f"{variant} {value}")
+        np.testing.assert_allclose(
+            [float(info[f"task_loss_eps1e{k}"]) for k in range(-4, 0)],
+            0.5 * np.sum(masked**2, axis=0), rtol=1e-12)
+    # The sum is ENGD's direction on the whole loss (Σ_i r_i = r).
+    np.testing.assert_allclose(directions.sum(axis=0),
+                               np.linalg.solve(gram, dense_j.T @ dense_r), rtol=1e-8,
+                               atol=1e-12 * np.abs(directions).max())
+
+
+def test_multitask_engd_refuses_one_task_aggregators():
+    from pinnopt.methods import mconfig, multitask_engd
+
+    objective, _, _ = family_setup("transport-apnn")
+    with pytest.raises(ValueError, match="one task's gradient per step"):
+        multitask_engd(aggregator=mconfig()).build(objective)

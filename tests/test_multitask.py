@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pinnopt  # noqa: F401  (float64)
 from pinnopt.config import ConfigError, RunConfig
@@ -370,3 +372,33 @@ def test_report_draws_conflict_over_training(tmp_path):
     (path,) = report.plot_conflict(history, tmp_path, "toy")
     assert path.name == "conflict.png" and path.stat().st_size > 0
     assert report.plot_conflict([{"step": 0, "time": 0.0, "loss": 1.0}], tmp_path, "toy") == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.just(0.0), st.floats(1e-8, 1e4)), min_size=1, max_size=9))
+def test_inverse_loss_weights_equalise_the_task_losses(values):
+    losses = jnp.asarray(values)
+    weights = np.asarray(mt.inverse_loss_weights(losses))
+    active = np.asarray(values) > 0
+    assert np.all(weights[~active] == 0)
+    if active.any():
+        mean = np.mean(np.asarray(values)[active])
+        np.testing.assert_allclose(weights[active] * np.asarray(values)[active], mean, rtol=1e-12)
+
+
+def test_inverse_loss_weighted_sum_is_the_weighted_gradient():
+    """``task_weights="inverse-loss"`` with the plain sum and SGD steps along
+    ``Σ_i (mean L / L_i) ∇L_i``, from the separately computed task gradients."""
+    objective, params, batch = setup()
+    split = mt.make_task_split(objective, "groups+eps-decades")
+    flat, unravel = ravel_pytree(params)
+    losses = mt.task_losses(objective, split, params, batch)
+    grads = jax.jacrev(lambda f: mt.task_losses(objective, split, unravel(f), batch))(flat)
+    weights = np.asarray(mt.inverse_loss_weights(losses))
+    assert weights.max() > 2 * weights[weights > 0].min()  # the weights are not all alike
+    expected = flat - 0.1 * (weights @ np.asarray(grads))
+    method = make_method("sum", objective, tasks="groups+eps-decades", optimizer="sgd", lr=0.1,
+                         task_weights="inverse-loss")
+    new, _, _ = jax.jit(method.step)(params, method.init(params), batch, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(np.asarray(ravel_pytree(new)[0]), expected, rtol=1e-10,
+                               atol=1e-12)

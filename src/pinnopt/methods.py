@@ -19,8 +19,9 @@ from pinnopt.optim.first_order import adam, lbfgs, sgd
 from pinnopt.optim.gauss_newton import engd, hessian_free
 from pinnopt.optim.kfac import kfac, kfac_star
 from pinnopt.optim.multitask import config, hrgrad, mconfig, mgda, multitask, pcgrad, sum_
+from pinnopt.optim.multitask_gn import multitask_engd
 from pinnopt.optim.spring import spring, subspace_lm
 
 __all__ = ["adam", "alm", "capu", "causal", "config", "engd", "hessian_free", "hrgrad", "kfac",
-           "kfac_star", "lagrange", "lbfgs", "mconfig", "mgda", "multitask", "pcgrad",
+           "kfac_star", "lagrange", "lbfgs", "mconfig", "mgda", "multitask", "multitask_engd", "pcgrad",
            "sequence", "sgd", "spring", "subspace_lm", "sum_"]

@@ -8,6 +8,7 @@ from pinnopt.optim import constrained  # noqa: F401  (alm, lagrange, capu)
 from pinnopt.optim import causal  # noqa: F401  (causal)
 from pinnopt.optim import combine  # noqa: F401  (sequence, adam-lbfgs)
 from pinnopt.optim import multitask  # noqa: F401  (multitask, aggregators, their old names)
+from pinnopt.optim import multitask_gn  # noqa: F401  (multitask-engd)
 from pinnopt.optim.base import (
     AGGREGATORS,
     METHODS,

@@ -83,7 +83,7 @@ def layer_sizes(params: Params) -> list[int]:
 
 
 def pinv_solve(matrix: jax.Array, rhs: jax.Array, damping: jax.Array | float) -> jax.Array:
-    """``(M + λI)⁺ b`` for symmetric positive semi-definite ``M (n, n)``, ``b (n,)``.
+    """``(M + λI)⁺ b`` for symmetric positive semi-definite ``M (n, n)``, ``b (n,)`` or ``(n, k)``.
 
     From ``M = V diag(e) Vᵀ``: eigenvalues ``e_i + λ`` at or below ``n · ε_mach · max_i(e_i + λ)``
     count as zero (the cutoff of ``numpy.linalg.lstsq``, which [ENGD] uses), so directions
@@ -93,6 +93,8 @@ def pinv_solve(matrix: jax.Array, rhs: jax.Array, damping: jax.Array | float) ->
     shifted = eigenvalues + damping
     cutoff = matrix.shape[0] * jnp.finfo(matrix.dtype).eps * jnp.max(shifted)
     kept = shifted > cutoff
+    if rhs.ndim == 2:  # several right-hand sides as columns
+        kept, shifted = kept[:, None], shifted[:, None]
     coefficients = jnp.where(kept, (vectors.T @ rhs) / jnp.where(kept, shifted, 1.0), 0.0)
     return vectors @ coefficients
 

@@ -28,6 +28,8 @@ Task splits (hyper-parameter ``tasks``; ``m`` is fixed when the method is built)
     groups+eps-values
 
 A task with no point in a batch has loss 0 and gradient 0; the aggregators ignore zero rows.
+``task_weights="inverse-loss"`` rescales every task gradient by ``mean_j L_j / L_i`` first
+(per-task adaptive weights, :func:`inverse_loss_weights`).
 
 Each aggregator is a registered method: ``sum``, ``pcgrad``, ``mgda``, ``config``, ``mconfig``,
 ``hrgrad`` (``pinnopt train --method hrgrad --opt tasks=eps-decades --opt kappa=0.5``).
@@ -307,6 +309,20 @@ def task_gradients(objective: Objective, split: TaskSplit, params, batch: Batch,
     return values, grads, unravel
 
 
+TaskWeights = Literal["none", "inverse-loss"]
+
+
+def inverse_loss_weights(losses: jax.Array) -> jax.Array:
+    """Per-task adaptive weights ``w_i = mean_j L_j / L_i`` over the tasks with ``L_i > 0`` (0
+    for the others): every weighted task loss ``w_i L_i`` equals the mean task loss, so a task
+    that is already fitted (an ε decade with a small loss) still pulls as hard as one that is
+    not."""
+    active = losses > 0
+    count = jnp.maximum(jnp.sum(active), 1)
+    mean = jnp.sum(jnp.where(active, losses, 0.0)) / count
+    return jnp.where(active, mean / jnp.where(active, losses, 1.0), 0.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # The method
 
@@ -414,9 +430,15 @@ def mconfig(*, beta1: float = 0.9, beta2: float = 0.999, normalise: bool = True,
 @method("multitask", "multi-task: per-task gradients combined by an aggregator, applied by an "
         "optimiser", needs=("groups",), safer=safer_inner("optimizer"))
 def multitask(objective: Objective, *, aggregator: Aggregator = sum_(),
-              optimizer: Optimizer = adam(), tasks: TaskSplitName = "groups") -> Method:
+              optimizer: Optimizer = adam(), tasks: TaskSplitName = "groups",
+              task_weights: TaskWeights = "none") -> Method:
     """The task gradients of the split ``tasks``, combined by ``aggregator``, applied by
-    ``optimizer`` (a gradient transformation) as if the combination were the gradient."""
+    ``optimizer`` (a gradient transformation) as if the combination were the gradient.
+    ``task_weights="inverse-loss"`` scales each task gradient by :func:`inverse_loss_weights`
+    of the current task losses before the aggregator sees it (per-task adaptive weights)."""
+    if task_weights != "none" and aggregator.build(None).one_task is not None:
+        raise ValueError(f"multitask: task_weights={task_weights!r} needs every task's gradient "
+                         f"each step; aggregator {aggregator.name!r} takes one task's per step")
     split = make_task_split(objective, tasks)
     transform = optimizer.transform() if isinstance(optimizer, MethodValue) else optimizer
     agg = aggregator.build(None)
@@ -442,6 +464,8 @@ def multitask(objective: Objective, *, aggregator: Aggregator = sum_(),
 
     def step(params, state, batch, key):
         losses, grads, unravel = gradients(params, state, batch)
+        if task_weights == "inverse-loss":
+            grads = inverse_loss_weights(losses)[:, None] * grads
         update, agg_state, agg_info = agg.aggregate(grads, state.aggregator, key)
         if agg.aggregated is not None:
             grads = agg.aggregated(agg_state)
@@ -464,7 +488,8 @@ def multitask(objective: Objective, *, aggregator: Aggregator = sum_(),
 # The older names: one method per aggregator, with flat settings
 
 
-def _flat_settings(*, tasks: TaskSplitName = "groups", optimizer: Literal["adam", "sgd"] = "adam",
+def _flat_settings(*, tasks: TaskSplitName = "groups", task_weights: TaskWeights = "none",
+                   optimizer: Literal["adam", "sgd"] = "adam",
                    lr: float = 1e-3, schedule: Schedule = "constant", decay_rate: float = 0.96,
                    decay_steps: int = 1000, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                    momentum: float = 0.0) -> None:
@@ -478,7 +503,8 @@ def _expand(aggregator: Definition, flat: dict[str, Any]) -> MethodValue:
     else:
         optimizer = sgd(**schedule, momentum=flat["momentum"])
     own = aggregator(**{k: flat[k] for k in aggregator.settings})
-    return multitask(aggregator=own, optimizer=optimizer, tasks=flat["tasks"])
+    return multitask(aggregator=own, optimizer=optimizer, tasks=flat["tasks"],
+                     task_weights=flat["task_weights"])
 
 
 def _register_aliases() -> None:
