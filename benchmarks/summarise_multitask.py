@@ -4,7 +4,7 @@
 
 Reads every run of the suite (``runs/<name>/config.json``, ``summary.json`` and
 ``history.jsonl``; the same final numbers as ``results.csv``, which a suite cut short has not
-written yet) and writes ``summary.md`` beside them: per problem and aggregator, the relative
+written yet) and writes ``summary.md`` beside them: per problem and configuration (run name without its seed), the relative
 L2 error of ρ at each evaluated ε (mean ± standard deviation across seeds), the worst-ε error
 (the largest over ε in each run; mean ± std and the worst run), steps done, and the conflict
 statistics of the task gradients averaged over the logged steps of training
@@ -69,27 +69,30 @@ FIELD_ORDER = ("rho", "u", "T")
 def table(problem: str, runs: list[dict]) -> list[str]:
     """The ρ table of ``problem`` (with the conflict columns), then one per further scored
     field (per-ε and worst-ε errors only)."""
-    by_method = defaultdict(list)
+    # One row per configuration: the run name without its seed suffix (several configurations
+    # of one method, e.g. T = 0.1 and T = 1 in the all-eps suite, stay apart).
+    by_config = defaultdict(list)
     for r in runs:
-        by_method[r["method"]].append(r)
-    methods = sorted(by_method, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER))
+        by_config[re.sub(r"-s\d+$", "", r["name"])].append(r)
+    rank = lambda m: ORDER.index(m) if m in ORDER else len(ORDER)  # noqa: E731
+    configs = sorted(by_config, key=lambda c: (rank(by_config[c][0]["method"]), c))
     fields = sorted({f for r in runs for f in r["per_eps"]},
                     key=lambda f: FIELD_ORDER.index(f) if f in FIELD_ORDER else len(FIELD_ORDER))
     lines = [f"### {problem}", ""]
     for field in fields:
         conflict = field == fields[0]
         eps_values = sorted({e for r in runs for e in r["per_eps"].get(field, {})}, reverse=True)
-        head = (["method", "seeds", "steps"] + [f"ε={e:g}" for e in eps_values]
+        head = (["run", "method", "seeds", "steps"] + [f"ε={e:g}" for e in eps_values]
                 + ["worst ε (mean ± std)", "worst run"]
                 + (["cos_min", "conflict frac.", "min cos(update, g_i)"] if conflict else []))
         if len(fields) > 1:
             lines += [f"rel. L2 of {field}:", ""]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for method in methods:
-            group = sorted(by_method[method], key=lambda r: r["seed"])
+        for config in configs:
+            group = sorted(by_config[config], key=lambda r: r["seed"])
             errors = [r["per_eps"].get(field, {}) for r in group]
-            worst = [max(e.values()) for e in errors if len(e) == len(eps_values)]
-            cells = [method, ",".join(str(r["seed"]) for r in group),
+            worst = [max(e.values()) for e in errors if e]  # over each run's own ε
+            cells = [config, group[0]["method"], ",".join(str(r["seed"]) for r in group),
                      f"{np.mean([r['steps'] for r in group]):.0f}"]
             cells += [mean_std([e[eps] for e in errors if eps in e]) for eps in eps_values]
             cells += [mean_std(worst) if worst else "", f"{max(worst):.2e}" if worst else ""]
