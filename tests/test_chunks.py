@@ -10,7 +10,6 @@ import pytest
 
 from pinnopt.config import ConfigError, RunConfig
 from pinnopt.geometry import Box
-from pinnopt.optim.base import Method, method, more_damping
 from pinnopt.precision import float64
 from pinnopt.problems import Problem, register_problem
 from pinnopt.residuals import ResidualGroup
@@ -18,6 +17,8 @@ from pinnopt.taylor import Derivatives
 from pinnopt.training import loop
 from pinnopt.training.batches import StepBatches, batch_for_step, step_keys
 from pinnopt.training.setup import build, fresh_state
+
+from faults import register_faulty
 
 TINY = {"n_interior": 64, "n_boundary": 16}
 
@@ -111,22 +112,7 @@ def test_a_run_stopped_anywhere_and_resumed_equals_the_uninterrupted_run():
     assert all(done[r["step"]] == r for r in common)
 
 
-@method("test-chunk-faulty", "test double", safer=more_damping(factor=10.0))
-def faulty(objective, *, damping: float = 1e-6, fail_below: float = 1e-3, fail_at_step: int = 5):
-    """Gradient descent whose state turns NaN at step ``fail_at_step`` (and later) while
-    damping < fail_below: a stand-in for a curvature estimate going bad."""
-
-    def init(params):
-        return {"factor": jnp.ones(()), "count": jnp.zeros((), jnp.int32)}
-
-    def step(params, state, batch, key):
-        loss, grads = jax.value_and_grad(objective.loss)(params, batch)
-        bad = (state["count"] >= fail_at_step) & (damping < fail_below)
-        factor = jnp.where(bad, jnp.nan, 1.0 + damping)
-        new = jax.tree_util.tree_map(lambda p, g: p - 1e-2 * g / (1.0 + damping), params, grads)
-        return new, {"factor": factor, "count": state["count"] + 1}, {"loss": loss}
-
-    return Method(init, step)
+faulty = register_faulty("test-chunk-faulty", lr=1e-2, fail_at_step=5, poison_params=False)
 
 
 @pytest.mark.parametrize("policy", ["retry", "stop"])

@@ -3,7 +3,6 @@
 import json
 import string
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -13,32 +12,16 @@ from hypothesis import strategies as st
 from pinnopt.cli import main
 from pinnopt.config import ConfigError, RunConfig
 from pinnopt.geometry import Box
-from pinnopt.optim.base import Method, method, more_damping
 from pinnopt.problems import Problem, register_problem
 from pinnopt.residuals import ResidualGroup
 from pinnopt.train import CHECKPOINT, load_state, read_history, train
 
+from faults import register_faulty
+
 TINY = {"n_interior": 32, "n_boundary": 8}
 
 
-@method("test-faulty", "test double", safer=more_damping(factor=10.0))
-def faulty(objective, *, damping: float = 1e-6, fail_below: float = 1e-3,
-           fail_at_step: int = 3):
-    """Gradient descent whose "curvature" state turns NaN when damping < fail_below, from
-    step ``fail_at_step`` on: a stand-in for a Gramian or Kronecker factor going bad."""
-
-    def init(params):
-        return {"factor": jnp.ones(()), "count": jnp.zeros((), jnp.int32)}
-
-    def step(params, state, batch, key):
-        loss, grads = jax.value_and_grad(objective.loss)(params, batch)
-        bad = (state["count"] >= fail_at_step) & (damping < fail_below)
-        factor = jnp.where(bad, jnp.nan, 1.0 + damping)
-        new = jax.tree_util.tree_map(lambda p, g: p - 1e-3 * g / factor * (1 + 0 * factor), params, grads)
-        new = jax.tree_util.tree_map(lambda p: jnp.where(bad, p, p), new)
-        return new, {"factor": factor, "count": state["count"] + 1}, {"loss": loss}
-
-    return Method(init, step)
+faulty = register_faulty("test-faulty", lr=1e-3, fail_at_step=3, poison_params=True)
 
 
 def quiet(msg):

@@ -84,7 +84,7 @@ def test_ctrl_c_twice_stops_at_once_once_after_the_step_with_exit_130_and_the_ru
     out, err = proc.communicate(timeout=60)
     assert time.monotonic() - start < 30
     assert proc.returncode == 130, err[-2000:]
-    assert "SIGINT: stopping after this step; Ctrl-C again to stop now" in out
+    assert "SIGINT: stopping after the steps in progress; Ctrl-C again to stop now" in out
     assert "stopped at once by a second SIGINT, in step 0; no checkpoint yet" in err
     assert not has_checkpoint(run) and not (run / "summary.json").exists()
 

@@ -168,7 +168,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_with_143(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "SIGTERM: stopping after this step; SIGTERM again (or Ctrl-C) to stop now" in out
+    assert "SIGTERM: stopping after the steps in progress; SIGTERM again (or Ctrl-C) to stop now" in out
     summary = json.loads((tmp_path / "term" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["message"]
     assert summary["signal"] == "SIGTERM"

@@ -532,7 +532,7 @@ class _StopSignals:
         if self.caught is None:
             self.caught = name
             when = ("once the step is compiled, before it runs" if self._compiling
-                    else "after this step")
+                    else "after the steps in progress")
             self._log(f"{name}: stopping {when}; {again} to stop now")
         elif self._writing:
             self._pending = name
