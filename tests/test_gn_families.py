@@ -172,6 +172,10 @@ def test_multitask_engd_combines_the_dense_per_task_gauss_newton_directions(vari
         np.testing.assert_allclose(
             [float(info[f"task_loss_eps1e{k}"]) for k in range(-4, 0)],
             0.5 * np.sum(masked**2, axis=0), rtol=1e-12)
+        raw = aggregators.conflict_stats(jnp.asarray((dense_j.T @ masked).T))
+        np.testing.assert_allclose(float(info["grad_cos_min"]), float(raw["cos_min"]), rtol=1e-8)
+        natural = aggregators.conflict_stats(jnp.asarray(directions))
+        np.testing.assert_allclose(float(info["cos_min"]), float(natural["cos_min"]), rtol=1e-7)
     # The sum is ENGD's direction on the whole loss (Σ_i r_i = r).
     np.testing.assert_allclose(directions.sum(axis=0),
                                np.linalg.solve(gram, dense_j.T @ dense_r), rtol=1e-8,

@@ -139,7 +139,7 @@ def multitask_engd(objective: Objective, *, aggregator: Aggregator = sum_(),
         info = {"loss": loss, "step_size": alpha, "damping": lam, "pseudo_inverse": fallback,
                 **aggregators.conflict_stats(directions),
                 "update_cos_min": _cosines(directions, update)}
-        raw = aggregators.conflict_stats(jac.T @ masked).items()
+        raw = aggregators.conflict_stats((jac.T @ masked).T).items()  # rows g_i = Jᵀ r_i
         info.update({f"grad_{k}": v for k, v in raw if k != "conflict_fraction"})
         info.update({k: jnp.asarray(v, flat.dtype) for k, v in agg_info.items()})
         new_lam = lam
