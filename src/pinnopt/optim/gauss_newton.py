@@ -162,17 +162,18 @@ def engd_memory_bytes(variant: str, n: int, sizes: list[int], itemsize: int) -> 
 
 
 def too_large_message(variant: str, n: int, sizes: list[int], itemsize: int,
-                      max_memory_gb: float) -> str:
-    """Why an ENGD step does not fit, and what does: the other variants whose estimate fits
-    in ``max_memory_gb``, else the matrix-free methods."""
+                      max_memory_gb: float, name: str = "engd",
+                      offered: tuple[str, ...] = ("woodbury", "layer", "full")) -> str:
+    """Why a step of method ``name`` does not fit, and what does: the other ``offered``
+    variants whose estimate fits in ``max_memory_gb``, else the matrix-free methods."""
     d = sum(sizes)
     needed = engd_memory_bytes(variant, n, sizes, itemsize)
     fits = [f"variant={v} (~{engd_memory_bytes(v, n, sizes, itemsize) / 1e9:.2g} GB)"
-            for v in ("woodbury", "layer", "full") if v != variant
+            for v in offered if v != variant
             and engd_memory_bytes(v, n, sizes, itemsize) <= max_memory_gb * 1e9]
     way_out = (f"use {' or '.join(fits)}, " if fits else
                "no ENGD variant fits (the Jacobian alone is N x D); ")
-    return (f"engd ({variant}): D = {d} parameters and N = {n} residuals need about "
+    return (f"{name} ({variant}): D = {d} parameters and N = {n} residuals need about "
             f"{needed / 1e9:.3g} GB, over max_memory_gb = {max_memory_gb:g}; {way_out}"
             f"or fewer points, a larger max_memory_gb if the machine has it, or a matrix-free "
             f"method (hessian-free, kfac-star)")
@@ -183,6 +184,22 @@ def resolve_variant(variant: str, n: int, d: int) -> str:
     if variant == "auto":
         return "woodbury" if n < d else "full"
     return variant
+
+
+def checked_variant(objective: Objective, params: Params, batch: Batch, variant: str,
+                    max_memory_gb: float, name: str = "engd",
+                    offered: tuple[str, ...] = ("woodbury", "layer", "full")) -> str:
+    """``variant`` resolved for this batch (:func:`resolve_variant`); raises the
+    :func:`too_large_message` ``ValueError`` when the step's estimated memory exceeds
+    ``max_memory_gb`` (shapes only: evaluated when the step is traced)."""
+    flat, _ = flatten(params)
+    sizes = layer_sizes(params)
+    n = jax.eval_shape(objective.residual_vector, params, batch).shape[0]
+    resolved = resolve_variant(variant, n, flat.size)
+    if engd_memory_bytes(resolved, n, sizes, flat.dtype.itemsize) > max_memory_gb * 1e9:
+        raise ValueError(too_large_message(resolved, n, sizes, flat.dtype.itemsize,
+                                           max_memory_gb, name, offered))
+    return resolved
 
 
 def engd_direction(jac: jax.Array, residual: jax.Array, damping: jax.Array | float,
@@ -256,13 +273,7 @@ def engd(objective: Objective, *, variant: Variant = "auto", damping: float = 1e
     def step(params, state, batch, key):
         flat, unravel = flatten(params)
         sizes = layer_sizes(params)
-        d = flat.size
-        n = jax.eval_shape(objective.residual_vector, params, batch).shape[0]
-        resolved = resolve_variant(variant, n, d)
-        needed = engd_memory_bytes(resolved, n, sizes, flat.dtype.itemsize)
-        if needed > max_memory_gb * 1e9:
-            raise ValueError(too_large_message(resolved, n, sizes, flat.dtype.itemsize,
-                                               max_memory_gb))
+        resolved = checked_variant(objective, params, batch, variant, max_memory_gb)
         loss_fn = lambda p: objective.loss(p, batch)  # noqa: E731
         residual, jac = residual_and_jacobian(objective, params, batch)
         loss = 0.5 * jnp.sum(residual**2)

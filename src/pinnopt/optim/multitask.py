@@ -323,6 +323,19 @@ def inverse_loss_weights(losses: jax.Array) -> jax.Array:
     return jnp.where(active, mean / jnp.where(active, losses, 1.0), 0.0)
 
 
+def task_loss_info(labels: tuple[str, ...], losses: jax.Array, previous: jax.Array
+                   ) -> dict[str, jax.Array]:
+    """``task_loss_<label>`` and ``task_rate_<label>`` (relative decrease since ``previous``,
+    0 where there is no previous loss) for the logged ``info``."""
+    rates = jnp.where(previous > 0, (previous - losses) / jnp.where(previous > 0, previous, 1.0),
+                      0.0)
+    info = {}
+    for label, loss_i, rate_i in zip(labels, losses, rates):
+        info[f"task_loss_{label}"] = loss_i
+        info[f"task_rate_{label}"] = rate_i
+    return info
+
+
 # ---------------------------------------------------------------------------------------------
 # The method
 
@@ -436,12 +449,12 @@ def multitask(objective: Objective, *, aggregator: Aggregator = sum_(),
     ``optimizer`` (a gradient transformation) as if the combination were the gradient.
     ``task_weights="inverse-loss"`` scales each task gradient by :func:`inverse_loss_weights`
     of the current task losses before the aggregator sees it (per-task adaptive weights)."""
-    if task_weights != "none" and aggregator.build(None).one_task is not None:
+    agg = aggregator.build(None)
+    if task_weights != "none" and agg.one_task is not None:
         raise ValueError(f"multitask: task_weights={task_weights!r} needs every task's gradient "
                          f"each step; aggregator {aggregator.name!r} takes one task's per step")
     split = make_task_split(objective, tasks)
     transform = optimizer.transform() if isinstance(optimizer, MethodValue) else optimizer
-    agg = aggregator.build(None)
     m = split.m
     dtype = objective.dtype
 
@@ -470,14 +483,10 @@ def multitask(objective: Objective, *, aggregator: Aggregator = sum_(),
         if agg.aggregated is not None:
             grads = agg.aggregated(agg_state)
         updates, opt_state = transform.update(unravel(update), state.optimizer, params)
-        previous = state.previous_losses
-        rates = jnp.where(previous > 0, (previous - losses) / jnp.where(previous > 0, previous, 1.0), 0.0)
         info = {"loss": jnp.sum(losses), **aggregators.conflict_stats(grads),
                 "update_cos_min": _cosines(grads, update)}
         info.update({k: jnp.asarray(v, dtype) for k, v in agg_info.items()})
-        for label, loss_i, rate_i in zip(split.labels, losses, rates):
-            info[f"task_loss_{label}"] = loss_i
-            info[f"task_rate_{label}"] = rate_i
+        info.update(task_loss_info(split.labels, losses, state.previous_losses))
         new_state = MultitaskState(opt_state, agg_state, losses)
         return optax.apply_updates(params, updates), new_state, info
 

@@ -37,13 +37,10 @@ import jax.numpy as jnp
 from pinnopt.optim import aggregators
 from pinnopt.optim.base import Aggregator, Method, method, more_damping
 from pinnopt.optim.gauss_newton import (
+    checked_variant,
     damped_solve,
-    engd_memory_bytes,
-    layer_sizes,
     martens_damping,
     residual_and_jacobian,
-    resolve_variant,
-    too_large_message,
 )
 from pinnopt.optim.gramian import flatten
 from pinnopt.optim.linesearch import apply_step, grid_line_search
@@ -54,8 +51,10 @@ from pinnopt.optim.multitask import (
     inverse_loss_weights,
     make_task_split,
     sum_,
+    task_loss_info,
 )
 from pinnopt.residuals import Batch, Objective
+
 
 class MultitaskGNState(NamedTuple):
     damping: jax.Array          # the current λ
@@ -116,13 +115,8 @@ def multitask_engd(objective: Objective, *, aggregator: Aggregator = sum_(),
 
     def step(params, state, batch, key):
         flat, unravel = flatten(params)
-        sizes = layer_sizes(params)
-        n = jax.eval_shape(objective.residual_vector, params, batch).shape[0]
-        resolved = resolve_variant(variant, n, flat.size)
-        needed = engd_memory_bytes(resolved, n, sizes, flat.dtype.itemsize)
-        if needed > max_memory_gb * 1e9:
-            raise ValueError("multitask-" + too_large_message(resolved, n, sizes,
-                                                              flat.dtype.itemsize, max_memory_gb))
+        resolved = checked_variant(objective, params, batch, variant, max_memory_gb,
+                                   "multitask-engd", ("woodbury", "full"))
         residual, jac = residual_and_jacobian(objective, params, batch)
         masks = jax.nn.one_hot(row_tasks(objective, split, params, batch), m, dtype=flat.dtype)
         masked = residual[:, None] * masks                      # (N, m): r_i as columns
@@ -148,12 +142,7 @@ def multitask_engd(objective: Objective, *, aggregator: Aggregator = sum_(),
             predicted = residual @ model_step + 0.5 * jnp.sum(model_step**2)
             info["rho"] = (loss_fn(apply_step(params, direction, 1.0)) - loss) / predicted
             new_lam = martens_damping(lam, info["rho"])
-        previous = state.previous_losses
-        rates = jnp.where(previous > 0, (previous - losses) / jnp.where(previous > 0, previous, 1.0),
-                          0.0)
-        for label, loss_i, rate_i in zip(split.labels, losses, rates):
-            info[f"task_loss_{label}"] = loss_i
-            info[f"task_rate_{label}"] = rate_i
+        info.update(task_loss_info(split.labels, losses, state.previous_losses))
         return (apply_step(params, direction, alpha),
                 MultitaskGNState(new_lam, agg_state, losses), info)
 
