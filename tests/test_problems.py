@@ -98,6 +98,19 @@ def test_kfac_nets_have_the_papers_parameter_counts():
         assert MLP(parse_net(net, problem.dim, 1, problem.nets)).num_params == count
 
 
+def test_net_depth_by_width_shorthand():
+    from pinnopt.nets import parse_net
+
+    assert parse_net("3x20", 2, 1) == (2, 20, 20, 20, 1)
+    assert parse_net(" 1x7 ", 3, 2) == (3, 7, 2)
+    # a preset of the same name wins, and means the same for the shipped ones
+    assert parse_net("3x30", 2, 1, {"3x30": (30, 30, 30)}) == parse_net("3x30", 2, 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        parse_net("0x20", 2, 1)
+    with pytest.raises(ValueError, match="LxW"):
+        parse_net("3y20", 2, 1)
+
+
 def test_bad_problem_options_are_rejected():
     with pytest.raises(ValueError, match="unknown problem"):
         make_problem("nope")

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dim", type=int, help="problem dimension (spatial dimension for heat)")
     tr.add_argument("--problem-opt", action="append", metavar="KEY=VALUE",
                     help="other problem option, e.g. n_interior=2000 (repeatable)")
-    tr.add_argument("--net", help="net preset of the problem or sizes like 2-64-64-1")
+    tr.add_argument("--net", help="net preset of the problem, LxW (3x20: three hidden layers "
+                    "of width 20) or sizes like 2-64-64-1")
     tr.add_argument("--activation", help="tanh, sin, softplus or silu")
     tr.add_argument("--method", help="optimiser (see `pinnopt list methods`; default: the "
                                      "problem's, e.g. engd for poisson, see `pinnopt list problems`)")

@@ -29,7 +29,8 @@ class RunConfig:
     """Everything that defines a training run.
 
     ``problem_options`` are passed to the problem factory (e.g. ``{"dim": 5}``); ``net`` is a
-    preset of the problem or full sizes ``"2-64-1"`` (``None``: the problem's default);
+    preset of the problem, ``"LxW"`` (L hidden layers of width W) or full sizes ``"2-64-1"``
+    (``None``: the problem's default);
     ``method`` is a name, a table ``{"name": ..., **settings}`` or a value such as
     ``alm(inner=adam())`` (``None``: the problem's default method, ``pinnopt list problems``),
     ``hparams`` the method's settings (kept as given: a nested table for a method in a method). Training stops at ``steps`` or after
@@ -116,7 +117,8 @@ class RunConfig:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype={self.dtype!r} is unknown; choose from {', '.join(DTYPES)}")
         if self.net is not None and not isinstance(self.net, str):
-            raise ConfigError(f"net={self.net!r} must be a preset name or sizes like '2-64-1'")
+            raise ConfigError(f"net={self.net!r} must be a preset name, LxW such as 3x20, "
+                              "or sizes like '2-64-1'")
 
     def _canonical_method(self) -> None:
         """``method`` as a name and ``hparams`` as its settings (nested tables for methods in

@@ -9,6 +9,7 @@ them uniformly, and lets KFAC address one layer's ``[W, b]`` block directly. The
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -136,7 +137,8 @@ def parse_net(spec: str | tuple[int, ...] | list[int], in_dim: int, out_dim: int
               presets: dict[str, tuple[int, ...]] | None = None) -> tuple[int, ...]:
     """Turn a net description into full layer sizes ``(in_dim, hidden..., out_dim)``.
 
-    Accepted: a preset name of the problem (e.g. ``"small"``) or the full sizes written out,
+    Accepted: a preset name of the problem (e.g. ``"small"``), ``"LxW"`` for L hidden layers
+    of width W (``"3x20"`` is ``in-20-20-20-out``), or the full sizes written out,
     ``"2-64-64-48-48-1"``, whose ends must equal the problem's input and output dimensions.
     """
     presets = presets or {}
@@ -144,13 +146,19 @@ def parse_net(spec: str | tuple[int, ...] | list[int], in_dim: int, out_dim: int
         name = spec.strip()
         if name in presets:
             return (in_dim, *presets[name], out_dim)
+        shape = re.fullmatch(r"(\d+)x(\d+)", name)
+        if shape:
+            depth, width = int(shape[1]), int(shape[2])
+            if depth < 1 or width < 1:
+                raise ValueError(f"net {spec!r}: depth and width must be at least 1")
+            return (in_dim, *(width,) * depth, out_dim)
         try:
             sizes = tuple(int(p) for p in name.split("-"))
         except ValueError:
             accepted = ", ".join(presets) or "none"
             raise ValueError(
-                f"net {spec!r} is neither a preset ({accepted}) nor sizes like "
-                f"'{in_dim}-64-{out_dim}'"
+                f"net {spec!r} is neither a preset ({accepted}), nor 'LxW' (L hidden layers of "
+                f"width W, e.g. '3x20'), nor sizes like '{in_dim}-64-{out_dim}'"
             ) from None
     else:
         sizes = tuple(int(w) for w in spec)
