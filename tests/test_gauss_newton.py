@@ -252,6 +252,20 @@ def test_engd_adaptive_damping_follows_the_rule():
     assert float(state.damping) != 1e-10
 
 
+def test_engd_min_damping_is_a_floor_of_the_rule():
+    _, params, batch = setup(CASES[1])
+    _, step = compiled("engd", CASES[1], **{**ENGD, "min_damping": 1e-3})
+    state = EngdState(jnp.asarray(1e-3))
+    for _ in range(3):
+        params, new_state, info = step(params, state, batch, KEY)
+        expected = float(martens_damping(state.damping, info["rho"], 1e-3))
+        assert float(new_state.damping) == pytest.approx(expected, rel=1e-14)
+        assert float(new_state.damping) >= 1e-3
+        state = new_state
+    with pytest.raises(ValueError, match="min_damping must be non-negative"):
+        make_method("engd", setup(CASES[1])[0], min_damping=-1.0)
+
+
 HF_DAMPING = 1e-4
 
 
@@ -310,6 +324,10 @@ def test_martens_damping_rule():
                         (0.75, 1.0), (0.7501, 2 / 3), (1.0, 2 / 3), (3.0, 2 / 3),
                         (np.nan, 1.5), (np.inf, 1.5), (-np.inf, 1.5)]:
         assert float(martens_damping(lam, jnp.asarray(rho))) == pytest.approx(2.0 * factor), rho
+    # the floor: a good step cannot take λ below it, a bad one still raises λ above it
+    assert float(martens_damping(lam, jnp.asarray(1.0), floor=1.9)) == pytest.approx(1.9)
+    assert float(martens_damping(lam, jnp.asarray(0.0), floor=1.9)) == pytest.approx(3.0)
+    assert float(martens_damping(jnp.asarray(1e-40), jnp.asarray(1.0))) == pytest.approx(1e-30)
 
 
 def hf_first_step(case, damping):

@@ -244,13 +244,16 @@ class EngdState(NamedTuple):
         needs=("residuals",), safer=more_damping())
 def engd(objective: Objective, *, variant: Variant = "auto", damping: float = 1e-10,
          solver: Literal["cholesky", "eigh", "svd"] = "eigh", adapt_damping: bool = False,
-         max_memory_gb: float = 4.0, line_search_candidates: int = 31) -> Method:
+         min_damping: float = 0.0, max_memory_gb: float = 4.0,
+         line_search_candidates: int = 31) -> Method:
     """Energy natural gradient / Gauss–Newton with a grid line search ([ENGD], docs/methods.md §3).
 
     ``damping`` is the absolute ``λ`` added to ``G`` (for the scaled loss ``L = ½‖r‖²``, so the
     values tuned in [KFAC], 0 to 1e-8, carry over). With ``adapt_damping`` (an extension, off
     by default) ``λ`` follows Martens' rule (:func:`martens_damping`) on the reduction ratio of
-    the full step, ``ρ = (L(θ + Δ) − L(θ)) / (∇LᵀΔ + ½‖JΔ‖²)``, as in Hessian-free.
+    the full step, ``ρ = (L(θ + Δ) − L(θ)) / (∇LᵀΔ + ½‖JΔ‖²)``, as in Hessian-free, and never
+    falls below ``min_damping``: with points redrawn every step, ρ measures the fit to one batch,
+    and a floor keeps λ from falling so far that a step fits that batch at the others' expense.
     ``max_memory_gb`` bounds the estimated memory of ``J`` and the system
     (:func:`engd_memory_bytes`); a larger problem raises a ``ValueError`` when the step is
     traced instead of running out of memory.
@@ -260,6 +263,8 @@ def engd(objective: Objective, *, variant: Variant = "auto", damping: float = 1e
     """
     if not damping >= 0:
         raise ValueError(f"engd: damping must be non-negative, got {damping}")
+    if not min_damping >= 0:
+        raise ValueError(f"engd: min_damping must be non-negative, got {min_damping}")
     if not max_memory_gb > 0:
         raise ValueError(f"engd: max_memory_gb must be positive, got {max_memory_gb}")
     if line_search_candidates < 1:
@@ -286,7 +291,7 @@ def engd(objective: Objective, *, variant: Variant = "auto", damping: float = 1e
             model_step = jac @ flat_direction
             predicted = (residual @ model_step) + 0.5 * jnp.sum(model_step**2)
             info["rho"] = (loss_fn(apply_step(params, direction, 1.0)) - loss) / predicted
-            state = EngdState(martens_damping(lam, info["rho"]))
+            state = EngdState(martens_damping(lam, info["rho"], min_damping))
         return apply_step(params, direction, alpha), state, info
 
     return Method(init, step)
@@ -332,16 +337,16 @@ def conjugate_gradient(operator: Callable[[jax.Array], jax.Array], rhs: jax.Arra
     return CGResult(x, iterations, jnp.sqrt(norm_sq))
 
 
-def martens_damping(damping: jax.Array, ratio: jax.Array) -> jax.Array:
+def martens_damping(damping: jax.Array, ratio: jax.Array, floor: float = 0.0) -> jax.Array:
     """Martens' (2010) rule: ``λ·3/2`` if ``ρ < 1/4``, ``λ·2/3`` if ``ρ > 3/4``, else ``λ``.
 
-    A non-finite ``ρ`` counts as ``ρ < 1/4``. ``λ`` is kept at least ``1e-30`` so that it can
-    grow again after a long run of good steps.
+    A non-finite ``ρ`` counts as ``ρ < 1/4``. ``λ`` is kept at least ``max(floor, 1e-30)`` so
+    that it can grow again after a long run of good steps.
     """
     bad = ~jnp.isfinite(ratio) | (ratio < 0.25)
     good = jnp.isfinite(ratio) & (ratio > 0.75)
     new = jnp.where(bad, damping * 1.5, jnp.where(good, damping * (2.0 / 3.0), damping))
-    return jnp.maximum(new, 1e-30)
+    return jnp.maximum(new, max(floor, 1e-30))
 
 
 class HessianFreeState(NamedTuple):
