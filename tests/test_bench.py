@@ -186,6 +186,7 @@ def test_two_jobs_give_the_results_of_one(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     finished = [line for line in lines if "completed: 5 steps" in line]
     assert len(finished) == 3 and all(line.startswith("[") for line in finished)
+    assert all("rel_l2_u" in line and "rms_u" not in line for line in finished)
     assert (parallel / "error_vs_time_g-s0.png").exists()
     assert (parallel / "error_vs_time_b.png").exists()
 
