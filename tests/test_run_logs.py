@@ -45,6 +45,7 @@ def test_without_a_terminal_progress_is_a_plain_line_every_interval_not_a_bar(
     assert len(progress) == 12, lines
     assert progress[-1].startswith("poisson/adam: step 12 of 12, 0 s trained, ")
     assert "steps/s; loss " in progress[-1] and progress[-1].endswith("at step 11")
+    assert ", rel_l2_u " in progress[-1] and "rms_u" not in progress[-1]  # what targets use
 
     assert main(["train", *SMALL, "--no-progress", "--out", str(tmp_path / "none")]) == 0
     assert "poisson/adam: step" not in capsys.readouterr().err

@@ -13,7 +13,7 @@ name (``RunConfig(method="adam-lbfgs")``, ``--method hrgrad``).
 """
 
 from pinnopt.optim.causal import causal
-from pinnopt.optim.combine import sequence
+from pinnopt.optim.combine import average, sequence
 from pinnopt.optim.constrained import alm, capu, lagrange
 from pinnopt.optim.first_order import adam, lbfgs, sgd
 from pinnopt.optim.gauss_newton import engd, hessian_free
@@ -22,6 +22,6 @@ from pinnopt.optim.multitask import config, hrgrad, mconfig, mgda, multitask, pc
 from pinnopt.optim.multitask_gn import multitask_engd
 from pinnopt.optim.spring import spring, subspace_lm
 
-__all__ = ["adam", "alm", "capu", "causal", "config", "engd", "hessian_free", "hrgrad", "kfac",
+__all__ = ["adam", "alm", "average", "capu", "causal", "config", "engd", "hessian_free", "hrgrad", "kfac",
            "kfac_star", "lagrange", "lbfgs", "mconfig", "mgda", "multitask", "multitask_engd", "pcgrad",
            "sequence", "sgd", "spring", "subspace_lm", "sum_"]

@@ -221,6 +221,10 @@ class MethodValue:
             if setting.kind == "phases":
                 for phase, _ in value:
                     needs |= phase.needs
+            elif (isinstance(setting.kind, Slot) and setting.kind.namespace == "method"
+                  and setting.kind.provides == frozenset(NEEDS) and not setting.kind.transform
+                  and isinstance(value, MethodValue)):
+                needs |= value.needs  # an AnyMethod slot: the inner method needs what we do
         return frozenset(needs)
 
     def replace(self, **changes) -> "MethodValue":

@@ -1,5 +1,6 @@
-"""Methods that run other methods: one after another (:func:`sequence`), and the old name
-``adam-lbfgs`` for the plain PINN baseline "Adam, then L-BFGS" of the failure-mode comparisons.
+"""Methods that run other methods: one after another (:func:`sequence`), with the iterates
+averaged (:func:`average`), and the old name ``adam-lbfgs`` for the plain PINN baseline "Adam,
+then L-BFGS" of the failure-mode comparisons.
 
     sequence((adam(lr=1e-3), 5000), (lbfgs(), None))
 
@@ -18,9 +19,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from pinnopt.optim.base import Method, MethodValue, alias, method
+from pinnopt.optim.base import AnyMethod, Method, MethodValue, alias, method, safer_inner
 from pinnopt.optim.constrained import strong_types
 from pinnopt.optim.first_order import adam, lbfgs
+from pinnopt.optim.gauss_newton import engd
 
 Phases = tuple[tuple[MethodValue, int | None], ...]
 
@@ -68,6 +70,56 @@ def sequence(objective, *, phases: Phases) -> Method:
         params, states, loss = lax.switch(index, [branch(i) for i in range(len(methods))], params)
         info = {"loss": loss, "phase": jnp.asarray(index, loss.dtype)}
         return params, SequenceState(state.count + 1, states), info
+
+    return Method(init, step)
+
+
+class AverageState(NamedTuple):
+    count: jax.Array  # steps taken so far
+    iterate: Any      # the inner method's own parameters (not averaged)
+    inner: Any        # the inner method's state
+
+
+def average_weight(count: jax.Array, decay: float, start: int) -> jax.Array:
+    """The weight of the new iterate in step ``count`` (0-based): 1 before ``start`` (the
+    average follows the iterate), then ``1 - min(decay, (1 + n) / (10 + n))`` with ``n`` the
+    steps since ``start``, so that the first averaged steps are not swamped by old iterates."""
+    n = jnp.asarray(count - start, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    d = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+    return jnp.where(count < start, 1.0, 1.0 - d)
+
+
+def _check_average(settings) -> str | None:
+    if not 0.0 <= settings["decay"] < 1.0:
+        return f"decay must be in [0, 1), got {settings['decay']}"
+    if isinstance(settings["start"], bool) or settings["start"] < 0:
+        return f"start must be a non-negative integer, got {settings['start']!r}"
+    return None
+
+
+@method("average",
+        "an exponential moving average of another method's iterates: the run evaluates, plots "
+        "and saves the average (steps on redrawn points are noisy; their average is not)",
+        safer=safer_inner("inner"), check=_check_average)
+def average(objective, *, inner: AnyMethod = engd(), decay: float = 0.99, start: int = 0) -> Method:
+    """``inner`` steps from its own iterate ``θ_k``; the parameters the run sees are
+
+        θ̄_k = d_k θ̄_{k−1} + (1 − d_k) θ_k,    d_k = min(decay, (1 + n) / (10 + n)),
+
+    with ``n`` the steps since ``start`` (before ``start``, θ̄ = θ). ``info`` is the inner
+    method's, so ``loss`` is the batch loss at the inner iterate, not at the average."""
+    wrapped = inner.build(objective)
+
+    def init(params):
+        return AverageState(jnp.zeros((), jnp.int32), params, wrapped.init(params))
+
+    def step(params, state, batch, key):
+        iterate, inner_state, info = wrapped.step(state.iterate, state.inner, batch, key)
+        w = average_weight(state.count, decay, start)
+        # old + w (new - old): an average of equal parameters is exactly those parameters
+        averaged = jax.tree_util.tree_map(
+            lambda new, old: old + w.astype(old.dtype) * (new - old), iterate, params)
+        return averaged, AverageState(state.count + 1, iterate, inner_state), info
 
     return Method(init, step)
 

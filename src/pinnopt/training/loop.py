@@ -697,10 +697,14 @@ class _Lines:
 
 
 def _postfix(setup: Setup, row: Row) -> dict[str, str]:
+    """The loss and the errors of the first two scored fields: relative L2 where the row has
+    it (the quantity targets are stated in), RMS otherwise."""
     out = {"loss": f"{row['loss']:.2e}"}
     for f in setup.problem.scored_fields[:2]:
-        if f"rms_{f}" in row:
-            out[f"rms_{f}"] = f"{row[f'rms_{f}']:.2e}"
+        for key in (f"rel_l2_{f}", f"rms_{f}"):
+            if key in row:
+                out[key] = f"{row[key]:.2e}"
+                break
     return out
 
 
