@@ -81,7 +81,8 @@ class Slot:
 InnerMethod = Annotated[Any, Slot("method", frozenset({"loss", "residuals"}))]
 """A method optimising a loss handed to it, or a stacked residual whose ½‖·‖² is that loss up
 to a constant (the augmented Lagrangian's inner method)."""
-AnyMethod = Annotated[Any, Slot("method")]
+ANY_METHOD_SLOT = Slot("method")
+AnyMethod = Annotated[Any, ANY_METHOD_SLOT]
 """A method optimising the holder's own objective (a phase of a sequence)."""
 Aggregator = Annotated[Any, Slot("aggregator")]
 """A multi-task gradient aggregator."""
@@ -221,10 +222,8 @@ class MethodValue:
             if setting.kind == "phases":
                 for phase, _ in value:
                     needs |= phase.needs
-            elif (isinstance(setting.kind, Slot) and setting.kind.namespace == "method"
-                  and setting.kind.provides == frozenset(NEEDS) and not setting.kind.transform
-                  and isinstance(value, MethodValue)):
-                needs |= value.needs  # an AnyMethod slot: the inner method needs what we do
+            elif setting.kind == ANY_METHOD_SLOT and isinstance(value, MethodValue):
+                needs |= value.needs  # it optimises our objective: it needs what we provide
         return frozenset(needs)
 
     def replace(self, **changes) -> "MethodValue":

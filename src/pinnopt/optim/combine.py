@@ -84,7 +84,7 @@ def average_weight(count: jax.Array, decay: float, start: int) -> jax.Array:
     """The weight of the new iterate in step ``count`` (0-based): 1 before ``start`` (the
     average follows the iterate), then ``1 - min(decay, (1 + n) / (10 + n))`` with ``n`` the
     steps since ``start``, so that the first averaged steps are not swamped by old iterates."""
-    n = jnp.asarray(count - start, jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    n = jnp.asarray(count - start, dtype=float)  # float64 when x64 is on
     d = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
     return jnp.where(count < start, 1.0, 1.0 - d)
 
